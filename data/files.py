@@ -1,0 +1,129 @@
+"""Atomic file writes and safe reads: a crash never leaves a half-written file we would trust."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from data.errors import VQGenError
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`.
+
+    A rename within one directory is atomic on POSIX, so readers see the old file or the new
+    one, never a mix. Disk errors become a VQGenError naming the path; the old file is kept.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise VQGenError(f"cannot write {path}: {err.strerror}; check that the directory is writable") from err
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as err:
+        raise VQGenError(
+            f"cannot write {path}: {err.strerror or err}; the previous version, if any, is kept"
+        ) from err
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise VQGenError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise VQGenError(f"{what} {path} is not valid JSON ({err}); the file is corrupt") from err
+
+
+def save_tensors(path: str | Path, obj: Any) -> None:
+    """torch.save of tensors, numbers, strings, lists and dicts only (loadable with weights_only)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_tensors(path: str | Path, what: str = "checkpoint") -> Any:
+    """Load a file of tensors without unpickling arbitrary objects (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VQGenError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except torch.serialization.pickle.UnpicklingError as err:
+        raise VQGenError(
+            f"{what} {path} holds objects other than tensors and plain data; refusing to unpickle "
+            "it (only files written by vqgen, or other weights-only files, can be loaded)"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise VQGenError(f"{what} {path} is truncated or corrupt ({type(err).__name__}); "
+                         "re-create it or restore it from a backup") from err
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory beside `target`; rename it to `target` only if the body succeeds.
+
+    An interrupted write leaves a `.target.partial-*` directory that nothing treats as complete;
+    `clean_partials` removes such leftovers before a retry.
+    """
+    target = Path(target)
+    if target.exists():
+        raise VQGenError(f"{target} already exists; choose another path or remove it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_partials(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield tmp
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def clean_partials(target: str | Path) -> None:
+    """Remove leftovers of interrupted `atomic_directory` writes to `target`."""
+    target = Path(target)
+    for leftover in target.parent.glob(f".{target.name}.partial-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def save_array(path: str | Path, array: Any) -> None:
+    """np.save, atomically and without pickle."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(array), allow_pickle=False)
+
+    atomic_write(path, write)

@@ -1,0 +1,309 @@
+"""The training loop both stages run: step, log, eval, atomic checkpoint, exact resume.
+
+A stage supplies a `TrainTask` (its model, data, loss and evaluation); everything about
+devices, precision, torchrun, checkpoints, signals and non-finite losses lives here, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal, NamedTuple, Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from data.checkpoint import Pretrained, load_state_into, unwrap, write_config
+from data.configs import config_from_dict, config_to_dict, require
+from data.errors import VQGenError
+from data.files import load_tensors, read_json, save_tensors, write_json
+from data.loader import ResumableBatches, make_loader
+from data.metrics import MetricsLog
+from data.runtime import (Dist, barrier, broadcast_object, init_distributed, local_device, pick_device,
+                          rng_state, set_rng_state)
+
+STATE_FILE = "state.pt"
+TRAIN_CONFIG_FILE = "train_config.json"
+METRICS_FILE = "metrics.jsonl"
+# Options that change the numbers a run produces; the others may differ when a run resumes.
+BINDING_OPTIONS = ("batch_size", "lr", "seed", "precision", "grad_clip")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping for one training stage (Adam, as in both papers)."""
+
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 2e-4
+    grad_clip: float = 0.0
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "auto"
+    compile: bool = False
+    num_workers: int = 0
+    log_every: int = 25
+    eval_every: int = 500
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            require(value >= 1, f"{name}={value} is not allowed; must be >= 1")
+        require(self.lr > 0, f"lr={self.lr} is not allowed; must be > 0")
+        require(self.grad_clip >= 0, f"grad_clip={self.grad_clip} is not allowed; must be >= 0 (0 = off)")
+        require(self.num_workers >= 0, f"num_workers={self.num_workers} is not allowed; must be >= 0")
+
+
+class StepResult(NamedTuple):
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+
+
+class TrainTask(Protocol):
+    """What a stage gives the trainer."""
+
+    model: nn.Module
+    items_name: str
+
+    def train_data(self) -> torch.utils.data.Dataset: ...
+
+    def step(self, model: nn.Module, batch: Any, device: torch.device) -> StepResult: ...
+
+    def after_step(self, step: int) -> dict[str, float]: ...
+
+    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]: ...
+
+
+class NonFiniteLoss(VQGenError):
+    pass
+
+
+class Interrupted(VQGenError):
+    exit_code = 130
+
+
+def saved_step(out_dir: str | Path) -> int:
+    """The step of the last checkpoint in `out_dir`, 0 when there is none."""
+    path = Path(out_dir) / STATE_FILE
+    return int(load_tensors(path, what="training state")["step"]) if path.exists() else 0
+
+
+class _StopSignals:
+    """SIGTERM / Ctrl-C set a flag; the loop checkpoints, then stops (a second Ctrl-C stops at once)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["_StopSignals"]:
+        try:
+            previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        except ValueError:  # not the main thread: leave signals alone
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+class Trainer:
+    """Runs a TrainTask to `config.steps`, resuming from `out_dir` when a checkpoint is there."""
+
+    def __init__(self, task: TrainTask, config: TrainConfig, out_dir: str | Path, progress: bool = True) -> None:
+        self.task, self.config, self.out_dir = task, config, Path(out_dir)
+        self.ctx: Dist = init_distributed(pick_device(config.device))
+        self.device = local_device(pick_device(config.device), self.ctx)
+        self.progress = progress and self.ctx.is_main
+        self.log = MetricsLog(self.out_dir / METRICS_FILE, enabled=self.ctx.is_main)
+        self.model = task.model.to(self.device)
+        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.step = 0
+        self.elapsed = 0.0
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _check_same_run(self) -> None:
+        model: Pretrained = unwrap(self.model)  # type: ignore[assignment]
+        saved_model = type(model).load_config(self.out_dir)
+        if saved_model != model.config:
+            raise VQGenError(f"{self.out_dir} holds a run with another model config; resume it with the "
+                             f"same options or choose a new --out (saved: {saved_model})")
+        saved = config_from_dict(TrainConfig, read_json(self.out_dir / TRAIN_CONFIG_FILE, "training config"))
+        changed = [f"{k}: {getattr(saved, k)} -> {getattr(self.config, k)}"
+                   for k in BINDING_OPTIONS if getattr(saved, k) != getattr(self.config, k)]
+        if changed:
+            raise VQGenError(f"{self.out_dir} was trained with other options ({'; '.join(changed)}); "
+                             "resume with the same options or choose a new --out")
+
+    def _resume(self) -> None:
+        if not (self.out_dir / STATE_FILE).exists():
+            if self.ctx.is_main:
+                model: Pretrained = unwrap(self.model)  # type: ignore[assignment]
+                write_config(self.out_dir, model.kind, model.config, model.version)
+                write_json(self.out_dir / TRAIN_CONFIG_FILE, config_to_dict(self.config))
+            return
+        self._check_same_run()
+        state = load_tensors(self.out_dir / STATE_FILE, what="training state")
+        load_state_into(unwrap(self.model), state["model"], str(self.out_dir / STATE_FILE))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.log.truncate_after(self.step)
+
+    def _save(self) -> None:
+        """state.pt first (all a resume needs), then model.pt + config.json for from_pretrained."""
+        if self.ctx.is_main:
+            model = unwrap(self.model)
+            state = {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scaler": self.scaler.state_dict(), "rng": rng_state(), "step": self.step,
+                     "elapsed": self.elapsed}
+            save_tensors(self.out_dir / STATE_FILE, state)
+            model.save_pretrained(self.out_dir)  # type: ignore[attr-defined]
+        barrier(self.ctx)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def _wrap(self) -> nn.Module:
+        model = self.model
+        if self.ctx.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        if self.config.compile:
+            try:
+                model = torch.compile(model)
+            except Exception as err:  # noqa: BLE001 - any backend failure falls back to eager
+                warnings.warn(f"torch.compile is unavailable here ({err}); training without it")
+        return model
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def _batches(self) -> Iterator[Any]:
+        data = self.task.train_data()
+        batches = ResumableBatches(len(data), self.config.batch_size, self.config.seed, self.step,  # type: ignore[arg-type]
+                                   self.config.steps, self.ctx)
+        return iter(make_loader(data, batches, self.config.num_workers, self.device.type == "cuda"))
+
+    def _optimise(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def fit(self) -> dict[str, Any]:
+        """Train to config.steps; return the last evaluation and throughput."""
+        self._resume()
+        model = self._wrap()
+        model.train()
+        evaluation: dict[str, float] = {}
+        window = _Window(self.device)
+        signals = _StopSignals()
+        bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.progress,
+                   desc=f"train {unwrap(self.model).kind}", dynamic_ncols=True)  # type: ignore[attr-defined]
+        with signals.installed(), bar:
+            for batch in self._batches():
+                self.step += 1
+                with self._autocast():
+                    result = self.task.step(model, batch, self.device)
+                self._optimise(result.loss)
+                window.add(result, self.step)
+                extra = self.task.after_step(self.step)
+                bar.update(1)
+                last = self.step == self.config.steps
+                stop = self._stop_requested(signals)
+                evaluate = self.step % self.config.eval_every == 0 or last
+                save = self.step % self.config.checkpoint_every == 0 or last or stop
+                if self.step % self.config.log_every == 0 or evaluate or save:
+                    self._log_window(window, bar, extra)
+                if evaluate:
+                    evaluation = self._evaluate(model)
+                if save:
+                    self._save()
+                if evaluate or save:
+                    window.started = time.perf_counter()  # throughput counts training steps only
+                if stop:
+                    raise Interrupted(f"stopped by signal {signals.received} at step {self.step}; "
+                                      f"checkpoint saved in {self.out_dir}, run the same command to resume")
+        if self.step < self.config.steps:
+            raise VQGenError("training ended early: the data loader ran dry")
+        return {"step": self.step, "seconds": self.elapsed, "evaluation": evaluation,
+                f"{self.task.items_name}_per_s": self.step * self.config.batch_size / max(self.elapsed, 1e-9)}
+
+    def _stop_requested(self, signals: _StopSignals) -> bool:
+        if not self.ctx.enabled:
+            return signals.received is not None
+        if self.step % self.config.log_every:
+            return False
+        flag = torch.tensor(float(signals.received is not None), device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _log_window(self, window: "_Window", bar: tqdm, extra: dict[str, float]) -> None:
+        means, bad_step, seconds = window.flush()
+        self.elapsed += seconds
+        if bad_step is not None:
+            last_good = saved_step(self.out_dir)
+            raise NonFiniteLoss(f"loss became NaN or inf at step {bad_step}; no weights were written after "
+                                f"step {last_good} (last good checkpoint in {self.out_dir}). Lower --lr, "
+                                "set --grad-clip, or use --precision fp32")
+        rate = window.count * self.config.batch_size / max(seconds, 1e-9)
+        record = {"step": self.step, "split": "train", **means, f"{self.task.items_name}_per_s": rate, **extra}
+        self.log.log(**record)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
+        window.reset()
+
+    def _evaluate(self, model: nn.Module) -> dict[str, float]:
+        result: dict[str, float] = {}
+        if self.ctx.is_main:
+            unwrapped = unwrap(model)
+            unwrapped.eval()
+            with torch.no_grad(), self._autocast():
+                result = self.task.evaluate(unwrapped, self.step, self.out_dir)
+            unwrapped.train()
+            self.log.log(step=self.step, split="eval", **result)
+        barrier(self.ctx)
+        return broadcast_object(result, self.ctx)
+
+
+class _Window:
+    """Sums of step metrics kept on the device, so the loop syncs with the host only at log steps."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.started = time.perf_counter()
+
+    def add(self, result: StepResult, step: int) -> None:
+        self.count += 1
+        finite = torch.isfinite(result.loss.detach())
+        self.bad = torch.where(finite | (self.bad >= 0), self.bad, torch.full_like(self.bad, step))
+        for name, value in {"loss": result.loss, **result.metrics}.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    def flush(self) -> tuple[dict[str, float], int | None, float]:
+        bad = int(self.bad.item())
+        means = {k: float(v.item()) / max(self.count, 1) for k, v in self.sums.items()}
+        return means, (bad if bad >= 0 else None), time.perf_counter() - self.started

@@ -1,0 +1,220 @@
+"""The `vqgen` command line: one subcommand per arrow of the data flow, plus `run` for all of them.
+
+Errors the user can fix print one line (`vqgen: error: ...`) and exit non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from data.errors import UsageError, VQGenError
+from data.images import DATASETS, open_dataset
+from data.training import TrainConfig
+from pipeline.options import add_config_options, config_from_args
+from pipeline.presets import RUN_PRESETS
+from stage1_vqvae.config import PRESETS as VQVAE_PRESETS
+from stage1_vqvae.config import VQVAEConfig
+from stage2_prior.config import PRESETS as PRIOR_PRESETS
+from stage2_prior.config import PriorConfig
+
+IMAGE_FIELDS = ("in_channels", "image_height", "image_width")
+LATENT_FIELDS = ("codebook_size", "grid_height", "grid_width", "num_classes")
+SHARED_TRAIN = ("seed", "device", "precision", "compile", "num_workers")
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _positive(name: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}={text!r} is not an integer") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name}={value} is not allowed; must be >= 1")
+        return value
+    return parse
+
+
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", default="builtin",
+                       help=f"dataset: {', '.join(DATASETS)}, or a folder of images (default: builtin)")
+    group.add_argument("--data-root", help="where torchvision datasets live (e.g. ../shared/data for MNIST)")
+    group.add_argument("--download", action="store_true", help="download a torchvision dataset if missing")
+
+
+def _add_train(parser: argparse.ArgumentParser, prefix: str = "", skip: Sequence[str] = ()) -> None:
+    add_config_options(parser, TrainConfig, prefix=prefix, skip=skip, title=f"{prefix or ''}training options")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqgen", description="VQ-VAE + gated PixelCNN prior: train, "
+                                     "export latents, sample images.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train-vqvae", help="train a VQ-VAE on images")
+    _add_data(p)
+    p.add_argument("--out", required=True, type=Path, help="VQ-VAE directory (config.json, model.pt, state.pt)")
+    p.add_argument("--preset", default="small", choices=sorted(VQVAE_PRESETS), help="model preset (default: small)")
+    p.add_argument("--eval-images", type=_positive("--eval-images"), default=2000, help="held-out images per eval")
+    add_config_options(p, VQVAEConfig, skip=IMAGE_FIELDS, title="VQ-VAE options")
+    _add_train(p)
+
+    p = sub.add_parser("export", help="encode a split into a latent dataset")
+    p.add_argument("--vqvae", required=True, type=Path, help="trained VQ-VAE directory")
+    _add_data(p)
+    p.add_argument("--split", default="train", choices=("train", "test"))
+    p.add_argument("--out", required=True, type=Path, help="latent dataset directory to create")
+    p.add_argument("--batch-size", type=_positive("--batch-size"), default=256)
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
+
+    p = sub.add_parser("train-prior", help="train a gated PixelCNN prior on a latent dataset")
+    p.add_argument("--latents", required=True, type=Path, help="training latent dataset")
+    p.add_argument("--eval-latents", type=Path,
+                   help="held-out latent dataset (default: the sibling 'test' directory, else --latents)")
+    p.add_argument("--out", required=True, type=Path, help="prior directory")
+    p.add_argument("--preset", default="small", choices=sorted(PRIOR_PRESETS), help="model preset (default: small)")
+    p.add_argument("--eval-grids", type=_positive("--eval-grids"), default=2000, help="held-out grids per eval")
+    add_config_options(p, PriorConfig, skip=LATENT_FIELDS, title="prior options")
+    _add_train(p)
+
+    p = sub.add_parser("sample", help="sample images from a trained prior and VQ-VAE")
+    p.add_argument("--vqvae", required=True, type=Path)
+    p.add_argument("--prior", required=True, type=Path)
+    p.add_argument("-n", type=_positive("-n"), default=64, help="number of images (default 64)")
+    p.add_argument("--label", type=int, help="class to sample (default: spread over all classes)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely codes only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nrow", type=_positive("--nrow"), default=8, help="images per grid row")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, type=Path, help="directory for grid.png, images/, codes.npy")
+
+    p = sub.add_parser("run", help="train both stages, export, sample and report, resuming where it stopped")
+    _add_data(p)
+    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--preset", default="default", choices=sorted(RUN_PRESETS),
+                   help="quick (~2 min smoke run), default (~10 min on a 2-core CPU), paper (GPU sizes)")
+    p.add_argument("--samples", type=_positive("--samples"), help="images to sample (a row per class)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (> 0)")
+    add_config_options(p, TrainConfig, skip=[f for f in TRAIN_FIELDS if f not in SHARED_TRAIN],
+                       title="options of both stages")
+    add_config_options(p, VQVAEConfig, prefix="vqvae-", skip=IMAGE_FIELDS,
+                       title="VQ-VAE options")
+    _add_train(p, prefix="vqvae-", skip=SHARED_TRAIN)
+    add_config_options(p, PriorConfig, prefix="prior-", skip=LATENT_FIELDS,
+                       title="prior options")
+    _add_train(p, prefix="prior-", skip=SHARED_TRAIN)
+    return parser
+
+
+def _train_vqvae(args: argparse.Namespace) -> None:
+    from stage1_vqvae.train import train_vqvae
+
+    train_config = config_from_args(args, TrainConfig())
+    base = VQVAE_PRESETS[args.preset]()
+    data = open_dataset(args.data, "train", args.data_root, args.download)
+    held_out = open_dataset(args.data, "test", args.data_root, args.download)
+    info = data.info
+    config = config_from_args(args, base, in_channels=info.channels, image_height=info.height,
+                              image_width=info.width)
+    result = train_vqvae(config, train_config, data, held_out, args.out, eval_images=args.eval_images)
+    print(f"VQ-VAE saved in {args.out}: {_summary(result['evaluation'])}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from data.runtime import init_distributed, local_device, pick_device
+    from stage1_vqvae.export import export_latents
+    from stage1_vqvae.model import VQVAE
+
+    device = pick_device(args.device)
+    ctx = init_distributed(device)
+    model = VQVAE.from_pretrained(args.vqvae).to(local_device(device, ctx))
+    data = open_dataset(args.data, args.split, args.data_root, args.download)
+    manifest = export_latents(model, data, args.out, vqvae_dir=args.vqvae, batch_size=args.batch_size, ctx=ctx)
+    if ctx.is_main:
+        print(f"exported {manifest.count} code grids of {manifest.grid[0]}x{manifest.grid[1]} to {args.out}")
+
+
+def _eval_latents(args: argparse.Namespace) -> Path:
+    if args.eval_latents is not None:
+        return args.eval_latents
+    sibling = args.latents.parent / "test"
+    if args.latents.name != "test" and sibling.is_dir():
+        return sibling
+    print(f"no held-out latents given: evaluating on {args.latents} itself (pass --eval-latents)", file=sys.stderr)
+    return args.latents
+
+
+def _train_prior(args: argparse.Namespace) -> None:
+    from stage2_prior.train import train_prior
+
+    train_config = config_from_args(args, TrainConfig())
+    config = config_from_args(args, PRIOR_PRESETS[args.preset]())
+    result = train_prior(config, train_config, args.latents, _eval_latents(args), args.out,
+                         eval_grids=args.eval_grids)
+    print(f"prior saved in {args.out}: {_summary(result['evaluation'])}")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from pipeline.generate import Generator, save_samples
+
+    if args.temperature <= 0:
+        raise UsageError(f"--temperature={args.temperature} is not allowed; must be > 0")
+    generator = Generator.from_pretrained(args.vqvae, args.prior, device=args.device)
+    labels = args.label
+    if labels is None and generator.num_classes:
+        labels = generator.spread_labels(args.n)
+    samples = generator.sample(args.n, labels=labels, temperature=args.temperature, top_k=args.top_k,
+                               seed=args.seed)
+    save_samples(samples, args.out, nrow=args.nrow)
+    print(f"{args.n} samples written to {args.out} (grid.png, images/, codes.npy)")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from pipeline.run import RunSpec, run
+
+    preset = RUN_PRESETS[args.preset]()
+    shared = config_from_args(args, preset.vqvae_train)
+    shared_values = {name: getattr(shared, name) for name in SHARED_TRAIN}
+    if args.temperature is not None and args.temperature <= 0:
+        raise UsageError(f"--temperature={args.temperature} is not allowed; must be > 0")
+    spec = RunSpec(
+        data=args.data, data_root=args.data_root,
+        vqvae=config_from_args(args, preset.vqvae, prefix="vqvae-"),
+        vqvae_train=config_from_args(args, preset.vqvae_train, prefix="vqvae-", **shared_values),
+        prior=config_from_args(args, preset.prior, prefix="prior-"),
+        prior_train=config_from_args(args, preset.prior_train, prefix="prior-", **shared_values),
+        eval_images=preset.eval_images, samples=args.samples or 100, temperature=args.temperature or 1.0)
+    report = run(spec, args.out, download=args.download)
+    if report:
+        print(f"run finished in {args.out}: VQ-VAE {_summary(report['vqvae']['eval'])}; "
+              f"prior {_summary(report['prior']['eval'])}; samples in {args.out / 'samples' / 'grid.png'}")
+
+
+def _summary(metrics: dict) -> str:
+    keys = ("psnr", "codes_used", "perplexity", "bits_per_code", "unigram_bits_per_code")
+    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
+
+
+COMMANDS = {"train-vqvae": _train_vqvae, "export": _export, "train-prior": _train_prior,
+            "sample": _sample, "run": _run}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `vqgen` console script and `python -m pipeline`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except VQGenError as err:
+        print(f"vqgen {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"vqgen {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,83 @@
+"""Sampling new images: prior -> code grids -> VQ-VAE decoder. The only place the stages meet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from data.errors import UsageError, VQGenError
+from data.files import save_array
+from data.grids import save_grid
+from data.runtime import pick_device
+from stage1_vqvae.model import VQVAE
+from stage2_prior.model import GatedPixelCNN
+from stage2_prior.sampling import sample as sample_codes
+
+
+class Samples(NamedTuple):
+    images: torch.Tensor  # (N, C, H, W) in [0, 1]
+    codes: torch.Tensor   # (N, h, w) int64
+    labels: torch.Tensor | None  # (N,)
+
+
+def check_pair(vqvae: VQVAE, prior: GatedPixelCNN) -> None:
+    """A prior only makes sense over the codebook and grid of the VQ-VAE that made its latents."""
+    v, p = vqvae.config, prior.config
+    if v.codebook_size != p.codebook_size:
+        raise VQGenError(f"the prior was trained on K={p.codebook_size} codes but the VQ-VAE has "
+                         f"K={v.codebook_size}; pass the VQ-VAE whose latents trained this prior")
+    if v.grid != (p.grid_height, p.grid_width):
+        raise VQGenError(f"the prior samples {p.grid_height}x{p.grid_width} grids but the VQ-VAE decodes "
+                         f"{v.grid[0]}x{v.grid[1]}; pass the VQ-VAE whose latents trained this prior")
+
+
+class Generator:
+    """`Generator.from_pretrained(vqvae_dir, prior_dir).sample(16, labels=3)` -> Samples."""
+
+    def __init__(self, vqvae: VQVAE, prior: GatedPixelCNN, device: str = "auto") -> None:
+        check_pair(vqvae, prior)
+        self.device = pick_device(device)
+        self.vqvae, self.prior = vqvae.to(self.device).eval(), prior.to(self.device).eval()
+
+    @classmethod
+    def from_pretrained(cls, vqvae_dir: str | Path, prior_dir: str | Path, device: str = "auto") -> "Generator":
+        return cls(VQVAE.from_pretrained(vqvae_dir), GatedPixelCNN.from_pretrained(prior_dir), device)
+
+    @property
+    def num_classes(self) -> int:
+        return self.prior.config.num_classes
+
+    def spread_labels(self, n: int) -> torch.Tensor:
+        """n labels in sorted runs of equal length (0, 0, ..., 1, 1, ...), so grid rows show classes."""
+        if not self.num_classes:
+            raise UsageError("the prior is unconditional; it has no classes to sample by")
+        return torch.arange(n) * self.num_classes // n
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: int | torch.Tensor | None = None, temperature: float = 1.0,
+               top_k: int | None = None, seed: int | None = None, progress: bool = True) -> Samples:
+        if n < 1:
+            raise UsageError(f"-n={n} is not allowed; must be >= 1")
+        generator = torch.Generator(self.device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.long).expand(n).clone()
+        codes = sample_codes(self.prior, n, labels=None if label_tensor is None else label_tensor.to(self.device),
+                             temperature=temperature, top_k=top_k, generator=generator, progress=progress)
+        images = self.vqvae.decode(codes).float().clamp(0, 1)
+        return Samples(images.cpu(), codes.cpu(), label_tensor)
+
+
+def save_samples(samples: Samples, out_dir: str | Path, nrow: int = 8) -> None:
+    """grid.png, one PNG per image and codes.npy (+ labels.npy) in `out_dir`."""
+    out = Path(out_dir)
+    save_grid(out / "grid.png", samples.images, nrow=nrow)
+    for i, image in enumerate(samples.images):
+        save_grid(out / "images" / f"{i:04d}.png", image[None], nrow=1)
+    save_array(out / "codes.npy", samples.codes.numpy())
+    if samples.labels is not None:
+        save_array(out / "labels.npy", samples.labels.numpy())

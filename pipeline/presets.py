@@ -1,0 +1,51 @@
+"""Named end-to-end presets: which model sizes and how many steps `vqgen run --preset` uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from data.training import TrainConfig
+from stage1_vqvae.config import VQVAEConfig
+from stage2_prior.config import PriorConfig
+
+
+@dataclass(frozen=True)
+class RunPreset:
+    vqvae: VQVAEConfig
+    vqvae_train: TrainConfig
+    prior: PriorConfig
+    prior_train: TrainConfig
+    eval_images: int = 2000
+
+
+def quick() -> RunPreset:
+    """A smoke run: about two minutes on a 2-core CPU; the samples are rough."""
+    return RunPreset(
+        vqvae=VQVAEConfig.small(hidden=32, res_hidden=16, code_dim=16, codebook_size=64, restart_every=50),
+        vqvae_train=TrainConfig(steps=300, batch_size=64, lr=2e-3, eval_every=300, checkpoint_every=100),
+        prior=PriorConfig.small(channels=32, layers=8),
+        prior_train=TrainConfig(steps=400, batch_size=64, lr=2e-3, eval_every=400, checkpoint_every=100),
+        eval_images=500)
+
+
+def default() -> RunPreset:
+    """The README's main job: under ten minutes on a 2-core CPU, samples you can read by eye."""
+    return RunPreset(
+        vqvae=VQVAEConfig.small(hidden=64, res_hidden=32, code_dim=16, codebook_size=128),
+        vqvae_train=TrainConfig(steps=1500, batch_size=64, lr=1e-3, eval_every=500, checkpoint_every=250),
+        prior=PriorConfig.small(),
+        prior_train=TrainConfig(steps=2000, batch_size=64, lr=1e-3, eval_every=500, checkpoint_every=250))
+
+
+def paper() -> RunPreset:
+    """The papers' sizes, for a GPU: 256-wide VQ-VAE with K=512, a 20-layer prior."""
+    return RunPreset(
+        vqvae=VQVAEConfig.paper(),
+        vqvae_train=TrainConfig(steps=20000, batch_size=128, lr=2e-4, eval_every=2000, checkpoint_every=1000),
+        prior=PriorConfig.paper(),
+        prior_train=TrainConfig(steps=30000, batch_size=128, lr=3e-4, eval_every=2000, checkpoint_every=1000),
+        eval_images=10000)
+
+
+RUN_PRESETS: dict[str, Callable[[], RunPreset]] = {"quick": quick, "default": default, "paper": paper}

@@ -1,0 +1,59 @@
+"""RUN/report.json and RUN/curves.png, rebuilt from each stage's metrics.jsonl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from data.files import read_json, write_json
+from data.latents import read_manifest
+from data.metrics import read_metrics
+from data.runtime import machine
+from pipeline.plots import Series, plot_curves
+
+
+def _series(records: list[dict[str, Any]], split: str, key: str) -> Series:
+    return [(r["step"], float(r[key])) for r in records if r.get("split") == split and key in r]
+
+
+def _last(records: list[dict[str, Any]], split: str) -> dict[str, Any]:
+    matching = [r for r in records if r.get("split") == split]
+    return {k: v for k, v in matching[-1].items() if k != "split"} if matching else {}
+
+
+def _mean(records: list[dict[str, Any]], key: str) -> float | None:
+    values = [float(r[key]) for r in records if r.get("split") == "train" and key in r]
+    return sum(values) / len(values) if values else None
+
+
+def _stage(records: list[dict[str, Any]], rate: str) -> dict[str, Any]:
+    return {"eval": _last(records, "eval"), "train": _last(records, "train"), f"train_{rate}": _mean(records, rate)}
+
+
+def write_report(out: Path, spec: dict[str, Any], timings: dict[str, float],
+                 exports: dict[str, dict[str, float]]) -> dict[str, Any]:
+    vqvae = read_metrics(out / "vqvae" / "metrics.jsonl")
+    prior = read_metrics(out / "prior" / "metrics.jsonl")
+    previous = read_json(out / "report.json") if (out / "report.json").exists() else {}
+    export_figures = {split: figures or previous.get("export", {}).get(split, {}) for split, figures in exports.items()}
+    report = {
+        "vqvae": _stage(vqvae, "images_per_s"),
+        "export": {split: {**figures, "manifest": read_manifest(out / "latents" / split).to_json()}
+                   for split, figures in export_figures.items()},
+        "prior": _stage(prior, "grids_per_s"),
+        "samples": {"grid": "samples/grid.png", "codes": "samples/codes.npy"},
+        "timings_s": {**timings, "total": sum(timings.values())},
+        "config": spec,
+        "machine": machine(),
+    }
+    write_json(out / "report.json", report)
+    plot_curves(out / "curves.png", {
+        "VQ-VAE reconstruction MSE": {"train": _series(vqvae, "train", "mse"), "eval": _series(vqvae, "eval", "mse")},
+        "VQ-VAE codebook perplexity": {"train (batch)": _series(vqvae, "train", "perplexity"),
+                                       "eval (split)": _series(vqvae, "eval", "perplexity")},
+        "prior bits per code": {"train": _series(prior, "train", "bits_per_code"),
+                                "eval": _series(prior, "eval", "bits_per_code"),
+                                "unigram": _series(prior, "eval", "unigram_bits_per_code")},
+        "VQ-VAE eval PSNR (dB)": {"eval": _series(vqvae, "eval", "psnr")},
+    })
+    return report

@@ -1,0 +1,82 @@
+"""VQVAEConfig: everything needed to rebuild a VQ-VAE, saved as config.json beside model.pt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Literal
+
+from data.configs import require
+from stage1_vqvae.quantizer import QuantizerConfig
+
+
+@dataclass(frozen=True)
+class VQVAEConfig:
+    """Architecture of van den Oord et al. 2017, section 4.1, with its sizes as options.
+
+    Image size and channels come from the data; the encoder halves the image `downsamples`
+    times, so the code grid is (image_height / 2**downsamples, image_width / 2**downsamples).
+    """
+
+    in_channels: int = 1
+    image_height: int = 28
+    image_width: int = 28
+    hidden: int = 128
+    res_hidden: int = 64
+    res_blocks: int = 2
+    downsamples: int = 2
+    code_dim: int = 32
+    codebook_size: int = 512
+    quantizer: Literal["ema", "straight_through"] = "ema"
+    beta: float = 0.25
+    decay: float = 0.99
+    kmeans_init: bool = False
+    restart_threshold: float = 1.0
+    restart_every: int = 100
+    cosine: bool = False
+    lookup_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "image_height", "image_width", "hidden", "res_hidden", "downsamples",
+                     "code_dim", "restart_every"):
+            value = getattr(self, name)
+            require(value >= 1, f"{name}={value} is not allowed; must be >= 1")
+        require(self.res_blocks >= 0, f"res_blocks={self.res_blocks} is not allowed; must be >= 0")
+        factor = self.downsample_factor
+        for name in ("image_height", "image_width"):
+            size = getattr(self, name)
+            require(size % factor == 0, f"{name}={size} is not divisible by 2**downsamples={factor}; "
+                                        f"resize the images or use fewer --downsamples")
+        self.quantizer_config()  # validates the quantizer fields with their own messages
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** self.downsamples
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.image_height // self.downsample_factor, self.image_width // self.downsample_factor
+
+    def quantizer_config(self) -> QuantizerConfig:
+        return QuantizerConfig(codebook_size=self.codebook_size, dim=self.code_dim, kind=self.quantizer,
+                               beta=self.beta, decay=self.decay, kmeans_init=self.kmeans_init,
+                               restart_threshold=self.restart_threshold, cosine=self.cosine,
+                               lookup_dim=self.lookup_dim)
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> "VQVAEConfig":
+        """Section 4.1: 256 hidden units everywhere, K=512; D=64 as in the Sonnet reference."""
+        return replace(cls(hidden=256, res_hidden=256, code_dim=64, codebook_size=512), **overrides)
+
+    @classmethod
+    def small(cls, **overrides: Any) -> "VQVAEConfig":
+        """A CPU-sized model: minutes on a laptop for 28x28 digits."""
+        return replace(cls(), **overrides)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> "VQVAEConfig":
+        """For tests: seconds on a CPU."""
+        return replace(cls(hidden=16, res_hidden=8, res_blocks=1, code_dim=8, codebook_size=32), **overrides)
+
+
+PRESETS: dict[str, Callable[..., VQVAEConfig]] = {
+    "paper": VQVAEConfig.paper, "small": VQVAEConfig.small, "tiny": VQVAEConfig.tiny}

@@ -1,0 +1,69 @@
+"""Export: every image of a split -> its code grid, streamed into a latent dataset (data/latents.py)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data.checkpoint import WEIGHTS_FILE
+from data.images import ImageDataset
+from data.latents import LatentManifest, LatentWriter
+from data.runtime import Dist, barrier, broadcast_object
+from stage1_vqvae.model import VQVAE
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shard(count: int, ctx: Dist) -> range:
+    """This rank's contiguous rows, so the ranks' writes tile the file exactly once."""
+    per_rank = -(-count // ctx.world)
+    return range(min(count, ctx.rank * per_rank), min(count, (ctx.rank + 1) * per_rank))
+
+
+@torch.no_grad()
+def export_latents(model: VQVAE, data: ImageDataset, out: str | Path, vqvae_dir: str | Path | None = None,
+                   batch_size: int = 256, ctx: Dist = Dist(), progress: bool = True) -> LatentManifest:
+    """Encode `data` in eval mode into the latent dataset `out`; memory stays bounded by the batch.
+
+    Under torchrun each rank encodes its shard into the same memory-mapped files, so the result
+    equals a single-process export byte for byte.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    info = data.info
+    manifest = LatentManifest(
+        count=len(data), grid=model.config.grid, codebook_size=model.config.codebook_size,
+        num_classes=info.num_classes if data.labels is not None else None, source=info.source(),
+        vqvae={"path": str(vqvae_dir) if vqvae_dir else None,
+               "sha256": file_sha256(Path(vqvae_dir) / WEIGHTS_FILE) if vqvae_dir else None})
+    writer = LatentWriter(out, manifest)
+    error = None
+    if ctx.is_main:
+        try:
+            writer.create(model.quantizer.codebook_vectors().float().cpu().numpy())
+        except Exception as err:  # noqa: BLE001 - handed to every rank so all stop together
+            error = err
+    error = broadcast_object(error, ctx)
+    if error is not None:
+        raise error
+    rows = shard(len(data), ctx)
+    starts = range(rows.start, rows.stop, batch_size)
+    for start in tqdm(starts, desc=f"export {info.split}", disable=not (progress and ctx.is_main)):
+        indices = list(range(start, min(start + batch_size, rows.stop)))
+        images, labels = data.__getitems__(indices)
+        codes = model.encode(images.to(device))  # (B, h, w)
+        writer.write(start, codes, labels if data.labels is not None else None)
+    barrier(ctx)
+    if ctx.is_main:
+        writer.commit()
+    barrier(ctx)
+    return manifest

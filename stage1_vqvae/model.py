@@ -1,0 +1,110 @@
+"""The VQ-VAE of van den Oord et al. 2017 (section 4.1): encoder, quantizer, decoder."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from data.checkpoint import Pretrained
+from data.errors import VQGenError
+from stage1_vqvae.config import VQVAEConfig
+from stage1_vqvae.quantizer import QuantizerOutput, build_quantizer
+
+
+class ResidualBlock(nn.Module):
+    """ReLU, 3x3 conv, ReLU, 1x1 conv, plus the input (the paper's residual block)."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1),
+                                  nn.ReLU(), nn.Conv2d(hidden, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def residual_stack(config: VQVAEConfig) -> nn.Sequential:
+    blocks = [ResidualBlock(config.hidden, config.res_hidden) for _ in range(config.res_blocks)]
+    return nn.Sequential(*blocks, nn.ReLU())
+
+
+class Encoder(nn.Module):
+    """Strided 4x4 convolutions halve the image `downsamples` times; residual blocks follow."""
+
+    def __init__(self, config: VQVAEConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = config.in_channels
+        for _ in range(config.downsamples):
+            layers += [nn.Conv2d(channels, config.hidden, 4, stride=2, padding=1), nn.ReLU()]
+            channels = config.hidden
+        layers += [nn.Conv2d(config.hidden, config.hidden, 3, padding=1), residual_stack(config),
+                   nn.Conv2d(config.hidden, config.code_dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images - 0.5)  # (B, C, H, W) -> (B, D, H/f, W/f), inputs centred on 0
+
+
+class Decoder(nn.Module):
+    """Mirror of the encoder: residual blocks, then 4x4 transposed convolutions double the size."""
+
+    def __init__(self, config: VQVAEConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(config.code_dim, config.hidden, 3, padding=1), residual_stack(config)]
+        for i in range(config.downsamples):
+            last = i == config.downsamples - 1
+            out = config.in_channels if last else config.hidden
+            layers.append(nn.ConvTranspose2d(config.hidden, out, 4, stride=2, padding=1))
+            if not last:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, quantized: torch.Tensor) -> torch.Tensor:
+        return self.net(quantized) + 0.5  # (B, D, h, w) -> (B, C, H, W), images in [0, 1]
+
+
+class VQVAEOutput(NamedTuple):
+    reconstruction: torch.Tensor  # (B, C, H, W)
+    quantizer: QuantizerOutput
+
+
+class VQVAE(nn.Module, Pretrained):
+    """Images in [0, 1] -> a grid of codes in [0, K) -> images; no I/O here."""
+
+    kind = "vqvae"
+    config_class = VQVAEConfig
+
+    def __init__(self, config: VQVAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quantizer = build_quantizer(config.quantizer_config())
+        self.decoder = Decoder(config)
+
+    def check_images(self, images: torch.Tensor) -> None:
+        c, h, w = images.shape[-3:]
+        cfg = self.config
+        if (c, h, w) != (cfg.in_channels, cfg.image_height, cfg.image_width):
+            raise VQGenError(f"images are {c}x{h}x{w} but the VQ-VAE was built for "
+                             f"{cfg.in_channels}x{cfg.image_height}x{cfg.image_width}")
+
+    def forward(self, images: torch.Tensor) -> VQVAEOutput:
+        quantized = self.quantizer(self.encoder(images))
+        return VQVAEOutput(self.decoder(quantized.quantized), quantized)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> codes (B, h, w) int64."""
+        return self.quantizer(self.encoder(images)).indices
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, h, w) -> images (B, C, H, W), through the codebook as the decoder saw it."""
+        if tuple(codes.shape[-2:]) != self.config.grid:
+            raise VQGenError(f"codes have grid {codes.shape[-2]}x{codes.shape[-1]} but the VQ-VAE decodes "
+                             f"{self.config.grid[0]}x{self.config.grid[1]}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.config.codebook_size):
+            raise VQGenError(f"codes must lie in [0, {self.config.codebook_size}) for this VQ-VAE")
+        return self.decoder(self.quantizer.lookup(codes))

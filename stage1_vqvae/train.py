@@ -1,0 +1,103 @@
+"""Training the VQ-VAE: reconstruction + quantizer loss, eval with PSNR and codebook use."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from data.errors import VQGenError
+from data.grids import save_grid
+from data.images import ImageDataset, check_divisible
+from data.runtime import seed_everything
+from data.training import StepResult, TrainConfig, Trainer
+from stage1_vqvae.config import VQVAEConfig
+from stage1_vqvae.model import VQVAE
+
+EVAL_BATCH = 256
+
+
+def psnr(mse: torch.Tensor | float) -> float:
+    """Peak signal-to-noise ratio in dB for images in [0, 1]."""
+    return -10.0 * math.log10(max(float(mse), 1e-12))
+
+
+def usage_stats(counts: torch.Tensor) -> tuple[float, float]:
+    """(perplexity, share of codes used) of a histogram of code counts (K,)."""
+    probs = counts.double() / counts.sum().clamp_min(1)
+    entropy = -(probs * probs.clamp_min(1e-30).log()).sum()
+    return float(entropy.exp()), float((counts > 0).double().mean())
+
+
+@torch.no_grad()
+def evaluate_vqvae(model: VQVAE, data: Dataset, device: torch.device, limit: int | None = None) -> dict[str, float]:
+    """Held-out MSE, PSNR, perplexity and codebook use, over the first `limit` images."""
+    count = len(data) if limit is None else min(limit, len(data))  # type: ignore[arg-type]
+    sq_error, pixels = 0.0, 0
+    counts = torch.zeros(model.config.codebook_size, dtype=torch.long, device=device)
+    for start in range(0, count, EVAL_BATCH):
+        images, _ = data.__getitems__(list(range(start, min(start + EVAL_BATCH, count))))  # type: ignore[attr-defined]
+        images = images.to(device)
+        out = model(images)
+        sq_error += float(F.mse_loss(out.reconstruction.float(), images, reduction="sum"))
+        pixels += images.numel()
+        counts += torch.bincount(out.quantizer.indices.flatten(), minlength=counts.numel())
+    mse = sq_error / max(pixels, 1)
+    perplexity, used = usage_stats(counts)
+    return {"mse": mse, "psnr": psnr(mse), "perplexity": perplexity, "codes_used": used}
+
+
+class VQVAETask:
+    """The stage-one TrainTask: what one step computes and what an evaluation reports."""
+
+    items_name = "images"
+
+    def __init__(self, model: VQVAE, train: ImageDataset, held_out: ImageDataset, eval_images: int) -> None:
+        self.model, self.train, self.held_out, self.eval_images = model, train, held_out, eval_images
+
+    def train_data(self) -> Dataset:
+        return self.train
+
+    def step(self, model: nn.Module, batch: Any, device: torch.device) -> StepResult:
+        images = batch[0].to(device, non_blocking=True)  # (B, C, H, W)
+        out = model(images)
+        mse = F.mse_loss(out.reconstruction.float(), images)
+        q = out.quantizer
+        metrics = {"mse": mse.detach(), "perplexity": q.perplexity.detach(), "usage": q.usage.detach()}
+        return StepResult(mse + q.loss, metrics)
+
+    def after_step(self, step: int) -> dict[str, float]:
+        """Dead-code restarts every `restart_every` steps (a host sync, so not every step)."""
+        config = self.model.config
+        if config.restart_threshold <= 0 or step % config.restart_every:
+            return {}
+        return {"restarted": float(self.model.quantizer.restart_dead_codes())}
+
+    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        device = next(model.parameters()).device
+        result = evaluate_vqvae(model, self.held_out, device, self.eval_images)  # type: ignore[arg-type]
+        images, _ = self.held_out.__getitems__(list(range(min(32, len(self.held_out)))))
+        images = images.to(device)
+        recon = model(images).reconstruction.float()
+        rows = torch.stack([images.cpu(), recon.cpu()], dim=1).flatten(0, 1)  # (2B, C, H, W): real, decoded
+        save_grid(out_dir / "reconstructions.png", rows, nrow=16)
+        return result
+
+
+def train_vqvae(config: VQVAEConfig, train: TrainConfig, data: ImageDataset, held_out: ImageDataset,
+                out_dir: str | Path, eval_images: int = 2000, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a VQ-VAE into `out_dir`; return the final evaluation and throughput."""
+    check_divisible(data.info, config.downsample_factor)
+    shape = (data.info.channels, data.info.height, data.info.width)
+    if shape != (config.in_channels, config.image_height, config.image_width):
+        raise VQGenError(f"images are {shape[0]}x{shape[1]}x{shape[2]} but the VQ-VAE config says "
+                         f"{config.in_channels}x{config.image_height}x{config.image_width}")
+    seed_everything(train.seed)
+    model = VQVAE(config)
+    task = VQVAETask(model, data, held_out, eval_images)
+    return Trainer(task, train, out_dir, progress=progress).fit()
