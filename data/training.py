@@ -85,7 +85,11 @@ class NonFiniteLoss(VQGenError):
 
 
 class Interrupted(VQGenError):
-    exit_code = 130
+    """Stopped by a signal after saving a checkpoint; exits 128 + the signal number, as shells expect."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 def saved_step(out_dir: str | Path) -> int:
@@ -149,6 +153,9 @@ class Trainer:
                              "resume with the same options or choose a new --out")
 
     def _resume(self) -> None:
+        if self.ctx.is_main:
+            for leftover in self.out_dir.glob(".*.tmp"):  # from a process killed mid-write
+                leftover.unlink(missing_ok=True)
         if not (self.out_dir / STATE_FILE).exists():
             if self.ctx.is_main:
                 model: Pretrained = unwrap(self.model)  # type: ignore[assignment]
@@ -239,8 +246,9 @@ class Trainer:
                 if evaluate or save:
                     window.started = time.perf_counter()  # throughput counts training steps only
                 if stop:
-                    raise Interrupted(f"stopped by signal {signals.received} at step {self.step}; "
-                                      f"checkpoint saved in {self.out_dir}, run the same command to resume")
+                    raise Interrupted(f"stopped by signal {signals.received} at step {self.step}; checkpoint "
+                                      f"saved in {self.out_dir}, run the same command to resume",
+                                      signals.received or signal.SIGTERM)
         if self.step < self.config.steps:
             raise VQGenError("training ended early: the data loader ran dry")
         return {"step": self.step, "seconds": self.elapsed, "evaluation": evaluation,

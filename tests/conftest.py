@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,4 +25,23 @@ def mnist_root() -> Path:
     root = Path(os.environ.get("VQGEN_MNIST_ROOT", REPO.parent / "shared" / "data"))
     if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         pytest.skip(f"real MNIST not found under {root} (set VQGEN_MNIST_ROOT to a torchvision MNIST root)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train/ and test/ with two classes of 16x16 grayscale squares and bars."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 24), ("test", 8)):
+        for label, name in enumerate(("bars", "squares")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                image = np.zeros((16, 16), np.uint8)
+                offset = rng.integers(0, 8)
+                if label:
+                    image[offset:offset + 6, offset:offset + 6] = 255
+                else:
+                    image[:, offset:offset + 3] = 255
+                Image.fromarray(image).save(root / split / name / f"{i}.png")
     return root

@@ -1,0 +1,128 @@
+"""The vqgen command line on tiny data: every subcommand, run/skip/resume, and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data.training import Trainer
+from pipeline.cli import main
+
+TINY_VQVAE = ["--preset", "tiny", "--steps", "4", "--batch-size", "8", "--eval-every", "2", "--device", "cpu"]
+TINY_PRIOR = ["--preset", "tiny", "--steps", "4", "--batch-size", "8", "--eval-every", "2", "--device", "cpu"]
+TINY_RUN = ["--preset", "quick", "--device", "cpu", "--vqvae-steps", "4", "--vqvae-batch-size", "8",
+            "--vqvae-hidden", "8", "--vqvae-res-hidden", "4", "--vqvae-checkpoint-every", "2",
+            "--prior-steps", "4", "--prior-batch-size", "8", "--prior-channels", "8", "--prior-layers", "2",
+            "--prior-checkpoint-every", "2", "--samples", "4"]
+
+
+def vqgen(*args: str | Path) -> int:
+    return main([str(a) for a in args])
+
+
+def test_each_subcommand_end_to_end(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert vqgen("train-vqvae", "--data", folder, "--out", run / "vqvae", *TINY_VQVAE) == 0
+    for split in ("train", "test"):
+        assert vqgen("export", "--vqvae", run / "vqvae", "--data", folder, "--split", split,
+                     "--out", run / "latents" / split, "--device", "cpu") == 0
+    assert vqgen("train-prior", "--latents", run / "latents" / "train", "--out", run / "prior", *TINY_PRIOR) == 0
+    assert vqgen("sample", "--vqvae", run / "vqvae", "--prior", run / "prior", "-n", "6", "--label", "1",
+                 "--top-k", "3", "--seed", "1", "--out", run / "samples", "--device", "cpu") == 0
+    codes = np.load(run / "samples" / "codes.npy", allow_pickle=False)
+    assert codes.shape == (6, 4, 4) and len(list((run / "samples" / "images").glob("*.png"))) == 6
+    assert Image.open(run / "samples" / "grid.png").format == "PNG"
+    assert "6 samples written" in capsys.readouterr().out
+
+
+def test_run_then_run_again_does_no_work(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    assert vqgen("run", "--data", folder, "--out", out, *TINY_RUN) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert {"vqvae", "prior", "export", "timings_s", "config", "machine"} <= set(report)
+    assert "bits_per_code" in report["prior"]["eval"] and "psnr" in report["vqvae"]["eval"]
+    for name in ("curves.png", "samples/grid.png", "vqvae/reconstructions.png"):
+        assert (out / name).exists(), name
+    watched = [out / "vqvae" / "model.pt", out / "prior" / "model.pt", out / "latents" / "train" / "codes.npy",
+               out / "samples" / "codes.npy"]
+    before = [p.stat().st_mtime_ns for p in watched]
+    assert vqgen("run", "--data", folder, "--out", out, *TINY_RUN) == 0
+    assert [p.stat().st_mtime_ns for p in watched] == before
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert vqgen("run", "--data", folder, "--out", tmp_path / "whole", *TINY_RUN) == 0
+    real = Trainer._optimise
+
+    def dies_at_step_3_of_the_prior(self: Trainer, loss) -> None:
+        if self.step == 3 and type(self.model).__name__ == "GatedPixelCNN":
+            raise KeyboardInterrupt
+        real(self, loss)
+
+    monkeypatch.setattr(Trainer, "_optimise", dies_at_step_3_of_the_prior)
+    assert vqgen("run", "--data", folder, "--out", tmp_path / "parts", *TINY_RUN) == 130
+    monkeypatch.setattr(Trainer, "_optimise", real)
+    assert vqgen("run", "--data", folder, "--out", tmp_path / "parts", *TINY_RUN) == 0
+    whole, parts = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("whole", "parts"))
+    assert whole["prior"]["eval"] == parts["prior"]["eval"] and whole["vqvae"]["eval"] == parts["vqvae"]["eval"]
+    np.testing.assert_array_equal(np.load(tmp_path / "whole" / "samples" / "codes.npy"),
+                                  np.load(tmp_path / "parts" / "samples" / "codes.npy"))
+
+
+def test_other_settings_in_a_used_run_are_refused(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture) -> None:
+    assert vqgen("run", "--data", folder, "--out", tmp_path / "r", *TINY_RUN) == 0
+    assert vqgen("run", "--data", folder, "--out", tmp_path / "r", *TINY_RUN, "--vqvae-lr", "0.5") == 1
+    err = capsys.readouterr().err
+    assert "holds a run with other settings (vqvae_train differ)" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["train-vqvae", "--data", "imagenet-21k", "--out", "x"], 2, "unknown dataset 'imagenet-21k'"),
+    (["train-vqvae", "--data", "mnist", "--data-root", "/nonexistent", "--out", "x"], 1, "/nonexistent"),
+    (["export", "--vqvae", "/no/such/vqvae", "--out", "x"], 1, "vqvae directory not found: /no/such/vqvae"),
+    (["train-prior", "--latents", "/no/such/latents", "--out", "x"], 1, "latent dataset not found"),
+    (["train-vqvae", "--out", "x", "--steps", "0"], 2, "--steps=0 is not allowed; must be >= 1"),
+    (["train-vqvae", "--out", "x", "--codebook-size", "1"], 2, "--codebook-size=1 is not allowed"),
+    (["train-vqvae", "--out", "x", "--downsamples", "3"], 2, "not divisible"),
+    (["run", "--out", "x", "--vqvae-lr", "-1"], 2, "--vqvae-lr=-1.0 is not allowed; must be > 0"),
+    (["run", "--out", "x", "--prior-layers", "zero"], 2, "--prior-layers='zero' is not an integer"),
+    (["run", "--out", "x", "--temperature", "0"], 2, "--temperature=0.0 is not allowed; must be > 0"),
+])
+def test_bad_input_gives_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                        args: list[str], code: int, message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists() or code == 1
+
+
+def test_unknown_preset_is_an_argparse_error(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--out", "x", "--preset", "huge"])
+    assert exit_info.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_sampling_checks_pair_and_options(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert vqgen("run", "--data", folder, "--out", run, *TINY_RUN) == 0
+    assert vqgen("train-vqvae", "--data", folder, "--out", tmp_path / "other", *TINY_VQVAE,
+                 "--codebook-size", "16") == 0
+    capsys.readouterr()
+    base = ["sample", "--prior", run / "prior", "--out", tmp_path / "s", "--device", "cpu"]
+    cases = [
+        (["--vqvae", tmp_path / "other"], "K=64 codes but the VQ-VAE has K=16"),
+        (["--vqvae", run / "vqvae", "--temperature", "0"], "--temperature=0.0 is not allowed"),
+        (["--vqvae", run / "vqvae", "--top-k", "65"], "top_k"),
+        (["--vqvae", run / "vqvae", "--label", "2"], "label"),
+        (["--vqvae", run / "prior"], "not a 'vqvae' one"),
+    ]
+    for extra, message in cases:
+        assert vqgen(*base, *extra) != 0
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (extra, err)
+    assert not (tmp_path / "s").exists()

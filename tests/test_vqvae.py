@@ -1,0 +1,136 @@
+"""Stage one end to end on tiny configs: shapes, decode path, export round trip, exact resume, errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data.builtin import make_builtin
+from data.errors import UsageError, VQGenError
+from data.images import DatasetInfo, ImageDataset
+from data.latents import LatentDataset
+from data.metrics import read_metrics
+from data.training import TrainConfig
+from stage1_vqvae.config import VQVAEConfig
+from stage1_vqvae.export import export_latents
+from stage1_vqvae.model import VQVAE
+from stage1_vqvae.train import train_vqvae
+
+TINY_TRAIN = TrainConfig(steps=6, batch_size=8, lr=1e-3, log_every=1, eval_every=3, checkpoint_every=3,
+                         device="cpu")
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[ImageDataset, ImageDataset]:
+    return make_builtin("train", seed=0, count=64), make_builtin("test", seed=0, count=16)
+
+
+@pytest.mark.parametrize("size, downsamples, grid", [((28, 28), 2, (7, 7)), ((16, 24), 3, (2, 3)),
+                                                      ((32, 32), 3, (4, 4))])
+def test_shapes_and_gradients(size: tuple[int, int], downsamples: int, grid: tuple[int, int]) -> None:
+    config = VQVAEConfig.tiny(in_channels=3, image_height=size[0], image_width=size[1], downsamples=downsamples)
+    model = VQVAE(config)
+    images = torch.rand(2, 3, *size)
+    out = model(images)
+    assert out.reconstruction.shape == images.shape and out.quantizer.indices.shape == (2, *grid)
+    assert config.grid == grid
+    (torch.nn.functional.mse_loss(out.reconstruction, images) + out.quantizer.loss).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for name, p in model.named_parameters() if not name.startswith("quantizer"))
+
+
+def test_codes_through_codebook_and_decoder_equal_reconstruction() -> None:
+    model = VQVAE(VQVAEConfig.tiny()).eval()
+    images = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(images).reconstruction
+        assert torch.allclose(model.decode(model.encode(images)), expected, atol=1e-6)
+
+
+def test_image_size_must_divide() -> None:
+    with pytest.raises(UsageError, match="image_height=30 is not divisible by 2\\*\\*downsamples=4"):
+        VQVAEConfig.tiny(image_height=30)
+
+
+def test_export_round_trip(tmp_path: Path, digits: tuple[ImageDataset, ImageDataset]) -> None:
+    train, _ = digits
+    model = VQVAE(VQVAEConfig.tiny(codebook_size=300)).eval()
+    model.save_pretrained(tmp_path / "vqvae")
+    manifest = export_latents(model, train, tmp_path / "latents", vqvae_dir=tmp_path / "vqvae", batch_size=10)
+    codes = np.load(tmp_path / "latents" / "codes.npy", mmap_mode="r", allow_pickle=False)
+    images, labels = train.__getitems__(list(range(len(train))))
+    assert codes.dtype == np.uint16 and manifest.count == len(train)
+    np.testing.assert_array_equal(codes, model.encode(images).numpy())
+    np.testing.assert_array_equal(np.load(tmp_path / "latents" / "labels.npy"), labels.numpy())
+    np.testing.assert_allclose(np.load(tmp_path / "latents" / "codebook.npy"),
+                               model.quantizer.codebook_vectors().detach().numpy())
+    written = json.loads((tmp_path / "latents" / "manifest.json").read_text())
+    assert written["source"]["image_shape"] == [1, 28, 28] and len(written["vqvae"]["sha256"]) == 64
+    assert LatentDataset(tmp_path / "latents").manifest.grid == (7, 7)
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    return VQVAE.from_pretrained(directory).state_dict()
+
+
+@pytest.mark.parametrize("quantizer", ["ema", "straight_through"])
+def test_resumed_training_equals_uninterrupted(tmp_path: Path, quantizer: str,
+                                               digits: tuple[ImageDataset, ImageDataset]) -> None:
+    train, held_out = digits
+    config = VQVAEConfig.tiny(quantizer=quantizer, kmeans_init=True, restart_every=2, restart_threshold=0.5)
+    train_vqvae(config, TINY_TRAIN, train, held_out, tmp_path / "whole", progress=False)
+    train_vqvae(config, replace(TINY_TRAIN, steps=4), train, held_out, tmp_path / "parts", progress=False)
+    train_vqvae(config, TINY_TRAIN, train, held_out, tmp_path / "parts", progress=False)
+    whole, parts = _weights(tmp_path / "whole"), _weights(tmp_path / "parts")
+    assert all(torch.equal(whole[k], parts[k]) for k in whole)
+    losses = [[r["loss"] for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"]
+              for d in (tmp_path / "whole", tmp_path / "parts")]
+    assert losses[0] == losses[1] and len(losses[0]) == 6
+
+
+def test_training_reports_eval_and_writes_checkpoint(tmp_path: Path, digits: tuple[ImageDataset, ImageDataset]) -> None:
+    train, held_out = digits
+    result = train_vqvae(VQVAEConfig.tiny(), TINY_TRAIN, train, held_out, tmp_path / "v", progress=False)
+    assert {"mse", "psnr", "perplexity", "codes_used"} <= set(result["evaluation"])
+    assert (tmp_path / "v" / "reconstructions.png").exists()
+    assert {"config.json", "model.pt", "state.pt", "metrics.jsonl"} <= {p.name for p in (tmp_path / "v").iterdir()}
+
+
+def test_other_options_on_a_used_directory_are_refused(tmp_path: Path, digits: tuple[ImageDataset, ImageDataset]) -> None:
+    train, held_out = digits
+    train_vqvae(VQVAEConfig.tiny(), replace(TINY_TRAIN, steps=3), train, held_out, tmp_path / "v", progress=False)
+    with pytest.raises(VQGenError, match="lr: 0.001 -> 0.01"):
+        train_vqvae(VQVAEConfig.tiny(), replace(TINY_TRAIN, lr=1e-2), train, held_out, tmp_path / "v", progress=False)
+    with pytest.raises(VQGenError, match="another model config"):
+        train_vqvae(VQVAEConfig.tiny(hidden=8), TINY_TRAIN, train, held_out, tmp_path / "v", progress=False)
+
+
+def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path: Path, digits: tuple[ImageDataset, ImageDataset]) -> None:
+    train, held_out = digits
+    poisoned = ImageDataset(train.images, train.labels, train.info)
+    original = poisoned.__getitems__
+
+    def with_nan(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = original(indices)
+        return images * float("nan"), labels
+
+    train_vqvae(VQVAEConfig.tiny(), replace(TINY_TRAIN, steps=3), train, held_out, tmp_path / "v", progress=False)
+    before = _weights(tmp_path / "v")
+    poisoned.__getitems__ = with_nan  # type: ignore[method-assign]
+    with pytest.raises(VQGenError, match="NaN or inf at step 4.*after step 3"):
+        train_vqvae(VQVAEConfig.tiny(), TINY_TRAIN, poisoned, held_out, tmp_path / "v", progress=False)
+    after = _weights(tmp_path / "v")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_empty_dataset_is_refused(tmp_path: Path) -> None:
+    info = DatasetInfo(name="empty", split="train", channels=1, height=28, width=28, num_classes=None,
+                       class_names=None)
+    with pytest.raises(VQGenError, match="no images|empty"):
+        empty = ImageDataset(torch.zeros(0, 1, 28, 28, dtype=torch.uint8), None, info)
+        train_vqvae(VQVAEConfig.tiny(), TINY_TRAIN, empty, empty, tmp_path / "v", progress=False)
