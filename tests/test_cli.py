@@ -117,8 +117,8 @@ def test_sampling_checks_pair_and_options(tmp_path: Path, folder: Path, capsys: 
     cases = [
         (["--vqvae", tmp_path / "other"], "K=64 codes but the VQ-VAE has K=16"),
         (["--vqvae", run / "vqvae", "--temperature", "0"], "--temperature=0.0 is not allowed"),
-        (["--vqvae", run / "vqvae", "--top-k", "65"], "top_k"),
-        (["--vqvae", run / "vqvae", "--label", "2"], "label"),
+        (["--vqvae", run / "vqvae", "--top-k", "65"], "--top-k=65 is not allowed; must be in 1..64"),
+        (["--vqvae", run / "vqvae", "--label", "2"], "--label=2 is outside the prior's classes 0..1"),
         (["--vqvae", run / "prior"], "not a 'vqvae' one"),
     ]
     for extra, message in cases:
