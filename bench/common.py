@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
+from torch import nn
 
 from data.runtime import machine
 
@@ -31,3 +33,45 @@ def timed(device: torch.device) -> Iterator[dict[str, float]]:
     yield out
     sync(device)
     out["seconds"] = time.perf_counter() - start
+
+
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every training benchmark shares."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--quick", action="store_true", help="small model, few steps (smoke test)")
+    return parser
+
+
+def reference_rate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, ...]],
+                   loss_fn: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor], steps: int, batch: int,
+                   device: torch.device, precision: str) -> float:
+    """Items/s of the loop anyone writes first (Adam, zero_grad, backward, step, loss.item() each
+    step), after two warm-up steps: the baseline our trainer must not fall behind."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    start = 0.0
+    for step in range(steps + 2):
+        if step == 2:
+            sync(device)
+            start = time.perf_counter()
+        tensors = tuple(t.to(device) for t in next(batches))
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn(model, tensors)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss.item()
+    sync(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def trainer_rate(metrics_path: Any, key: str) -> float:
+    """Items/s of our trainer from its metrics.jsonl, leaving out the first window (warm-up),
+    as `reference_rate` leaves out its first two steps."""
+    from data.metrics import read_metrics
+
+    rates = [r[key] for r in read_metrics(metrics_path) if r.get("split") == "train"][1:]
+    return len(rates) / sum(1 / rate for rate in rates)

@@ -9,15 +9,13 @@ process, so the ratio shows what our loop costs beyond the model itself.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.common import emit, sync, timed
+from bench.common import bench_parser, emit, reference_rate, timed, trainer_rate
 from bench.memory import peak_mib, reset_peak
 from data.images import DatasetInfo, ImageDataset
 from data.runtime import pick_device
@@ -37,39 +35,27 @@ def synthetic(count: int, size: int, channels: int) -> ImageDataset:
 
 
 def reference_images_per_s(config: VQVAEConfig, data: ImageDataset, steps: int, batch: int,
-                           device: torch.device, dtype: torch.dtype | None) -> float:
+                           device: torch.device, precision: str) -> float:
     torch.manual_seed(0)
     model = VQVAE(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
-    images = data.images.float() / 255
-    loader = DataLoader(TensorDataset(images, data.labels), batch_size=batch, shuffle=True, drop_last=True)
-    batches = iter(loader)
-    start = None
-    for step in range(steps + 2):
-        if step == 2:  # two warm-up steps, as for ours
-            sync(device)
-            start = time.perf_counter()
-        x, _ = next(batches)
-        x = x.to(device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = model(x)
-            loss = F.mse_loss(out.reconstruction.float(), x) + out.quantizer.loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        loss.item()
-    sync(device)
-    return steps * batch / (time.perf_counter() - start)
+    loader = DataLoader(TensorDataset(data.images.float() / 255), batch_size=batch, shuffle=True, drop_last=True)
+
+    def loss(model: VQVAE, tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        out = model(tensors[0])
+        return F.mse_loss(out.reconstruction.float(), tensors[0]) + out.quantizer.loss
+
+    return reference_rate(model, iter(loader), loss, steps, batch, device, precision)
 
 
 def ours_images_per_s(config: VQVAEConfig, data: ImageDataset, steps: int, batch: int, precision: str,
                       device: torch.device) -> float:
-    train = TrainConfig(steps=steps, batch_size=batch, precision=precision, device=str(device),
-                        log_every=steps, eval_every=10**9, checkpoint_every=10**9)
+    """Our trainer, logging every 2 steps; the first window (warm-up) is left out."""
+    train = TrainConfig(steps=steps + 2, batch_size=batch, precision=precision, device=str(device),
+                        log_every=2, eval_every=10**9, checkpoint_every=10**9)
     with tempfile.TemporaryDirectory() as out:
-        result = train_vqvae(config, train, data, synthetic(64, data.info.height, data.info.channels), out,
-                             eval_images=64, progress=False)
-    return result["images_per_s"]
+        train_vqvae(config, train, data, synthetic(64, data.info.height, data.info.channels), out,
+                    eval_images=64, progress=False)
+        return trainer_rate(f"{out}/metrics.jsonl", "images_per_s")
 
 
 def export_images_per_s(config: VQVAEConfig, data: ImageDataset, device: torch.device) -> float:
@@ -80,23 +66,18 @@ def export_images_per_s(config: VQVAEConfig, data: ImageDataset, device: torch.d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--size", type=int, default=28, choices=(28, 32))
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--quick", action="store_true", help="small model, few steps (smoke test)")
     args = parser.parse_args()
     device = pick_device("auto")
     channels = 1 if args.size == 28 else 3
     make = VQVAEConfig.tiny if args.quick else VQVAEConfig.paper
     config = make(in_channels=channels, image_height=args.size, image_width=args.size)
-    steps = 3 if args.quick else args.steps
+    steps = 4 if args.quick else args.steps
     data = synthetic(max(2048, (steps + 2) * args.batch), args.size, channels)
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
     reset_peak(device)
     ours = ours_images_per_s(config, data, steps, args.batch, args.precision, device)
-    baseline = reference_images_per_s(config, data, steps, args.batch, device, dtype)
+    baseline = reference_images_per_s(config, data, steps, args.batch, device, args.precision)
     emit({"bench": "vqvae_train", "config": "tiny" if args.quick else "paper", "image": [channels, args.size, args.size],
           "batch": args.batch, "precision": args.precision, "steps": steps, "images_per_s": round(ours, 1),
           "baseline_images_per_s": round(baseline, 1), "ratio": round(ours / baseline, 3),

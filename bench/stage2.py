@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.common import emit, sync
+from bench.common import bench_parser, emit, reference_rate, trainer_rate
 from bench.memory import peak_mib, reset_peak
 from data.latents import LatentManifest, LatentWriter
 from data.runtime import pick_device
@@ -35,55 +33,41 @@ def write_latents(directory: Path, count: int, grid: int, k: int) -> Path:
 
 
 def reference_grids_per_s(config: PriorConfig, codes: torch.Tensor, labels: torch.Tensor, steps: int,
-                          batch: int, device: torch.device, dtype: torch.dtype | None) -> float:
+                          batch: int, device: torch.device, precision: str) -> float:
     torch.manual_seed(0)
     model = GatedPixelCNN(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
-    batches = iter(DataLoader(TensorDataset(codes, labels), batch_size=batch, shuffle=True, drop_last=True))
-    start = None
-    for step in range(steps + 2):
-        if step == 2:
-            sync(device)
-            start = time.perf_counter()
-        x, y = (t.to(device) for t in next(batches))
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = F.cross_entropy(model(x, y).float(), x)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        loss.item()
-    sync(device)
-    return steps * batch / (time.perf_counter() - start)
+    loader = DataLoader(TensorDataset(codes, labels), batch_size=batch, shuffle=True, drop_last=True)
+
+    def loss(model: GatedPixelCNN, tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return F.cross_entropy(model(*tensors).float(), tensors[0])
+
+    return reference_rate(model, iter(loader), loss, steps, batch, device, precision)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--grid", type=int, default=7, choices=(7, 8))
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--quick", action="store_true", help="small model, few steps (smoke test)")
     args = parser.parse_args()
     device = pick_device("auto")
-    steps = 3 if args.quick else args.steps
+    steps = 4 if args.quick else args.steps
     k = 512
     sizes = dict(channels=16, layers=3) if args.quick else dict(channels=64, layers=15)
     config = PriorConfig.small(codebook_size=k, grid_height=args.grid, grid_width=args.grid, num_classes=10, **sizes)
     count = max(2048, (steps + 2) * args.batch)
-    train = TrainConfig(steps=steps, batch_size=args.batch, precision=args.precision, device=str(device),
-                        log_every=steps, eval_every=10**9, checkpoint_every=10**9)
+    train = TrainConfig(steps=steps + 2, batch_size=args.batch, precision=args.precision, device=str(device),
+                        log_every=2, eval_every=10**9, checkpoint_every=10**9)
     reset_peak(device)
     with tempfile.TemporaryDirectory() as tmp:
         latents = write_latents(Path(tmp) / "train", count, args.grid, k)
         held = write_latents(Path(tmp) / "test", 64, args.grid, k)
-        ours = train_prior(config, train, latents, held, Path(tmp) / "prior", eval_grids=64, progress=False)
+        train_prior(config, train, latents, held, Path(tmp) / "prior", eval_grids=64, progress=False)
+        ours = trainer_rate(Path(tmp) / "prior" / "metrics.jsonl", "grids_per_s")
         codes = torch.from_numpy(np.load(latents / "codes.npy").astype(np.int64))
         labels = torch.from_numpy(np.load(latents / "labels.npy"))
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
-    baseline = reference_grids_per_s(config, codes, labels, steps, args.batch, device, dtype)
+    baseline = reference_grids_per_s(config, codes, labels, steps, args.batch, device, args.precision)
     emit({"bench": "prior_train", "grid": [args.grid, args.grid], "K": k, **sizes, "batch": args.batch,
-          "precision": args.precision, "steps": steps, "grids_per_s": round(ours["grids_per_s"], 1),
-          "baseline_grids_per_s": round(baseline, 1), "ratio": round(ours["grids_per_s"] / baseline, 3),
+          "precision": args.precision, "steps": steps, "grids_per_s": round(ours, 1),
+          "baseline_grids_per_s": round(baseline, 1), "ratio": round(ours / baseline, 3),
           "peak_mib": round(peak_mib(device), 1)})
 
 

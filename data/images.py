@@ -88,8 +88,8 @@ def _torchvision(name: str, split: str, root: str | None, download: bool) -> Ima
 
 
 def open_dataset(name: str, split: str = "train", root: str | None = None, download: bool = False,
-                 seed: int = 0) -> ImageDataset:
-    """'builtin', a torchvision name, or a folder of images; split is 'train' or 'test'."""
+                 seed: int = 0, size: int | None = None) -> ImageDataset:
+    """'builtin', a torchvision name, or a folder of images (resized to `size` when given)."""
     if split not in SPLITS:
         raise UsageError(f"--split={split!r} is not allowed; choose train or test")
     if name == "builtin":
@@ -101,5 +101,5 @@ def open_dataset(name: str, split: str = "train", root: str | None = None, downl
     if Path(name).is_dir():
         from data.folder import open_folder
 
-        return open_folder(Path(name), split)
+        return open_folder(Path(name), split, size)
     raise UsageError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}, or a folder of images")

@@ -45,6 +45,8 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
                        help=f"dataset: {', '.join(DATASETS)}, or a folder of images (default: builtin)")
     group.add_argument("--data-root", help="where torchvision datasets live (e.g. ../shared/data for MNIST)")
     group.add_argument("--download", action="store_true", help="download a torchvision dataset if missing")
+    group.add_argument("--image-size", type=_positive("--image-size"),
+                       help="resize and centre-crop a folder's images to this square size")
 
 
 def _add_train(parser: argparse.ArgumentParser, prefix: str = "", skip: Sequence[str] = ()) -> None:
@@ -117,8 +119,8 @@ def _train_vqvae(args: argparse.Namespace) -> None:
 
     train_config = config_from_args(args, TrainConfig())
     base = VQVAE_PRESETS[args.preset]()
-    data = open_dataset(args.data, "train", args.data_root, args.download)
-    held_out = open_dataset(args.data, "test", args.data_root, args.download)
+    data = open_dataset(args.data, "train", args.data_root, args.download, size=args.image_size)
+    held_out = open_dataset(args.data, "test", args.data_root, args.download, size=args.image_size)
     info = data.info
     config = config_from_args(args, base, in_channels=info.channels, image_height=info.height,
                               image_width=info.width)
@@ -134,7 +136,7 @@ def _export(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     ctx = init_distributed(device)
     model = VQVAE.from_pretrained(args.vqvae).to(local_device(device, ctx))
-    data = open_dataset(args.data, args.split, args.data_root, args.download)
+    data = open_dataset(args.data, args.split, args.data_root, args.download, size=args.image_size)
     manifest = export_latents(model, data, args.out, vqvae_dir=args.vqvae, batch_size=args.batch_size, ctx=ctx)
     if ctx.is_main:
         print(f"exported {manifest.count} code grids of {manifest.grid[0]}x{manifest.grid[1]} to {args.out}")
@@ -184,7 +186,7 @@ def _run(args: argparse.Namespace) -> None:
     if args.temperature is not None and args.temperature <= 0:
         raise UsageError(f"--temperature={args.temperature} is not allowed; must be > 0")
     spec = RunSpec(
-        data=args.data, data_root=args.data_root,
+        data=args.data, data_root=args.data_root, image_size=args.image_size,
         vqvae=config_from_args(args, preset.vqvae, prefix="vqvae-"),
         vqvae_train=config_from_args(args, preset.vqvae_train, prefix="vqvae-", **shared_values),
         prior=config_from_args(args, preset.prior, prefix="prior-"),

@@ -48,6 +48,7 @@ class RunSpec:
     vqvae_train: TrainConfig
     prior: PriorConfig
     prior_train: TrainConfig
+    image_size: int | None = None
     eval_images: int = 2000
     samples: int = 100
     temperature: float = 1.0
@@ -128,8 +129,8 @@ def export_split(vqvae_dir: Path, data: ImageDataset, target: Path, device: torc
 def run(spec: RunSpec, out: str | Path, download: bool = False, progress: bool = True) -> dict[str, Any]:
     """The whole pipeline into `out`; returns the report."""
     out = Path(out)
-    train_images = open_dataset(spec.data, "train", spec.data_root, download)
-    test_images = open_dataset(spec.data, "test", spec.data_root, download)
+    train_images = open_dataset(spec.data, "train", spec.data_root, download, size=spec.image_size)
+    test_images = open_dataset(spec.data, "test", spec.data_root, download, size=spec.image_size)
     info = train_images.info
     spec = replace(spec, vqvae=replace(spec.vqvae, in_channels=info.channels, image_height=info.height,
                                        image_width=info.width))
