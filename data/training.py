@@ -264,7 +264,7 @@ class Trainer:
         return bool(flag.item())
 
     def _log_window(self, window: "_Window", bar: tqdm, extra: dict[str, float]) -> None:
-        means, bad_step, seconds = window.flush()
+        means, bad_step, seconds = window.flush(self.ctx)
         self.elapsed += seconds
         if bad_step is not None:
             last_good = saved_step(self.out_dir)
@@ -311,7 +311,16 @@ class _Window:
             value = value.detach().float()
             self.sums[name] = self.sums[name] + value if name in self.sums else value
 
-    def flush(self) -> tuple[dict[str, float], int | None, float]:
-        bad = int(self.bad.item())
-        means = {k: float(v.item()) / max(self.count, 1) for k, v in self.sums.items()}
-        return means, (bad if bad >= 0 else None), time.perf_counter() - self.started
+    def flush(self, ctx: Dist) -> tuple[dict[str, float], int | None, float]:
+        """Means over the window (and over ranks, so a torchrun log equals a single-process one)."""
+        names = sorted(self.sums)
+        stacked = torch.stack([self.sums[k] for k in names] + [self.bad.float()])
+        if ctx.enabled:
+            bad = stacked[-1:].clone()
+            torch.distributed.all_reduce(stacked)
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+            stacked = torch.cat([stacked[:-1] / ctx.world, bad])
+        values = stacked.tolist()
+        means = {k: v / max(self.count, 1) for k, v in zip(names, values)}
+        bad_step = int(values[-1])
+        return means, (bad_step if bad_step >= 0 else None), time.perf_counter() - self.started

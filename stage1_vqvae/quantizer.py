@@ -156,7 +156,9 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
                 self._maybe_kmeans(flat.detach())
                 self._recent = flat.detach()
             indices = nearest(flat.detach(), self._codes().detach())  # (N,)
-            counts = _all_reduce_sum(torch.bincount(indices, minlength=self.config.codebook_size).float())
+            counts = torch.bincount(indices, minlength=self.config.codebook_size).float()  # (K,)
+            if self.training:  # ranks train in lockstep; in eval (rank-0 evaluation, export) they do not
+                counts = _all_reduce_sum(counts)
             if self.training:
                 self._update(flat.detach(), indices, counts)
             codes = self._codes()[indices]  # (N, d)
