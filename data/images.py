@@ -1,7 +1,8 @@
 """Image datasets held in memory as uint8 tensors, and `open_dataset`, the one way to name them.
 
 Every source (built-in, torchvision, a folder) ends as an `ImageDataset`, whose batched
-`__getitems__` returns a stacked batch, so the data loader does no per-item Python work.
+`__getitems__` returns a stacked batch, so the data loader does no per-item Python work
+(the loader's collate_fn passes that batch through).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ SPLITS = ("train", "test")
 
 @dataclass(frozen=True)
 class DatasetInfo:
+    """What a model and a latent manifest need to know about a dataset, without its pixels."""
+
     name: str
     split: str
     channels: int
@@ -32,18 +35,21 @@ class DatasetInfo:
     class_names: tuple[str, ...] | None
 
     def source(self) -> dict[str, Any]:
-        """What the latent manifest records about where its codes came from."""
+        """The latent manifest's "source" entry: where its codes came from."""
         return {"dataset": self.name, "split": self.split, "image_shape": [self.channels, self.height, self.width]}
 
 
 class ImageDataset(Dataset):
-    """(image float32 (C, H, W) in [0, 1], label int64; -1 when unlabelled)."""
+    """Items are (image float32 (C, H, W) in [0, 1], label int64; -1 when unlabelled).
+
+    Pixels stay uint8 in memory (a quarter of float32) and are scaled per batch.
+    """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, info: DatasetInfo) -> None:
         if images.shape[0] == 0:
             raise VQGenError(f"dataset {info.name!r} split {info.split!r} has no images; "
                              "point --data at a dataset with at least one image")
-        self.images, self.labels, self.info = images, labels, info  # (N, C, H, W) uint8, (N,) int64
+        self.images, self.labels, self.info = images, labels, info  # (N, C, H, W) uint8, (N,) int64 or None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -55,51 +61,73 @@ class ImageDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.as_tensor(indices, dtype=torch.long)
         images = self.images[rows].float().div_(255)  # (B, C, H, W)
-        labels = self.labels[rows] if self.labels is not None else torch.full((len(rows),), -1)
-        return images, labels
+        if self.labels is None:
+            return images, torch.full((len(rows),), -1, dtype=torch.long)
+        return images, self.labels[rows]  # (B,)
 
 
 def check_divisible(info: DatasetInfo, factor: int) -> None:
+    """The encoder halves the image `log2(factor)` times; odd sizes would lose rows silently."""
     if info.height % factor or info.width % factor:
         raise VQGenError(f"{info.name} images are {info.height}x{info.width}, not divisible by {factor} "
-                         f"(2**downsamples); resize or pad the images, or use fewer --downsamples")
+                         f"(2**downsamples); resize or pad the images (--image-size for a folder), "
+                         "or use fewer --downsamples")
+
+
+def _load_torchvision(name: str, split: str, root: str | None, download: bool) -> Any:
+    """The torchvision dataset object, with its failures turned into messages that say the fix."""
+    import torchvision
+
+    folder = TORCHVISION[name]
+    if root is None:
+        raise UsageError(f"--data {name} needs --data-root DIR (the folder that holds {folder}/, "
+                         "or where to put it with --download)")
+    if not Path(root).is_dir() and not download:
+        raise VQGenError(f"--data-root {root} is not a folder; pass the folder that holds {folder}/, "
+                         "or add --download to fetch it there")
+    try:
+        return getattr(torchvision.datasets, folder)(root, train=split == "train", download=download)
+    except RuntimeError as err:
+        if download:
+            raise VQGenError(f"could not fetch {name} into {root} ({err}); check the network, "
+                             "or place the files there yourself") from None
+        raise VQGenError(f"{name} not found under --data-root {root} (expected {root}/{folder}/); "
+                         "fix the path, or add --download") from None
+    except OSError as err:
+        raise VQGenError(f"could not download {name} into {root} ({err}); check the network, "
+                         "or place the files there yourself") from None
 
 
 def _torchvision(name: str, split: str, root: str | None, download: bool) -> ImageDataset:
-    import torchvision
-
-    if root is None:
-        raise UsageError(f"--data {name} needs --data-root DIR (the folder holding {TORCHVISION[name]}/), "
-                         "plus --download to fetch it")
-    if not Path(root).is_dir() and not download:
-        raise VQGenError(f"--data-root {root} does not exist; pass the folder holding {TORCHVISION[name]}/ "
-                         "or add --download")
-    cls = getattr(torchvision.datasets, TORCHVISION[name])
-    try:
-        raw = cls(root, train=split == "train", download=download)
-    except RuntimeError as err:
-        raise VQGenError(f"{name} not found under --data-root {root} ({err}); add --download or fix the path") from None
+    """Raw arrays (.data, .targets) straight into tensors: no PIL round trip per item."""
+    raw = _load_torchvision(name, split, root, download)
     data = torch.as_tensor(np.asarray(raw.data))  # (N, H, W) or (N, H, W, C)
-    images = data[:, None] if data.ndim == 3 else data.permute(0, 3, 1, 2)
-    labels = torch.as_tensor(np.asarray(raw.targets), dtype=torch.int64)
-    c, h, w = images.shape[1:]
-    info = DatasetInfo(name, split, c, h, w, len(raw.classes), tuple(raw.classes))
+    images = data[:, None] if data.ndim == 3 else data.permute(0, 3, 1, 2)  # (N, C, H, W)
+    labels = torch.as_tensor(np.asarray(raw.targets), dtype=torch.long)  # (N,)
+    channels, height, width = images.shape[1:]
+    info = DatasetInfo(name, split, channels, height, width, len(raw.classes), tuple(raw.classes))
     return ImageDataset(images.contiguous(), labels, info)
 
 
 def open_dataset(name: str, split: str = "train", root: str | None = None, download: bool = False,
                  seed: int = 0, size: int | None = None) -> ImageDataset:
-    """'builtin', a torchvision name, or a folder of images (resized to `size` when given)."""
+    """'builtin', a torchvision name (with `root`), or a folder of images (resized to `size` when given).
+
+    `seed` picks the built-in dataset's draw; the other sources are fixed files and ignore it.
+    """
     if split not in SPLITS:
-        raise UsageError(f"--split={split!r} is not allowed; choose train or test")
+        raise UsageError(f"--split={split!r} is not allowed; choose one of {', '.join(SPLITS)}")
+    if name not in DATASETS and not Path(name).is_dir():
+        raise UsageError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}, "
+                         "or the path of a folder of images")
+    if size is not None and name in DATASETS:
+        raise UsageError(f"--image-size resizes a folder of images; {name} has a fixed size, drop the option")
     if name == "builtin":
-        from data.builtin import make_builtin
+        from data.builtin import make_builtin  # builtin builds on this module
 
         return make_builtin(split, seed)
     if name in TORCHVISION:
         return _torchvision(name, split, root, download)
-    if Path(name).is_dir():
-        from data.folder import open_folder
+    from data.folder import open_folder  # folder builds on this module
 
-        return open_folder(Path(name), split, size)
-    raise UsageError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}, or a folder of images")
+    return open_folder(Path(name), split, size)

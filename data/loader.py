@@ -56,6 +56,8 @@ class ResumableBatches(Sampler[list[int]]):
 
 
 def make_loader(dataset: Dataset, batches: Sampler[list[int]], num_workers: int, pin_memory: bool) -> DataLoader:
+    """A loader that leaves the global RNG alone (its own generator seeds the workers), so a resumed
+    run's random draws match an uninterrupted run's."""
     return DataLoader(dataset, batch_sampler=batches, collate_fn=passthrough, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=False,
+                      pin_memory=pin_memory, persistent_workers=False, generator=torch.Generator().manual_seed(0),
                       prefetch_factor=4 if num_workers else None)

@@ -47,6 +47,7 @@ HELP = {
     "layers": "gated layers",
     "first_kernel": "kernel size of the first (mask A) layer",
     "kernel": "kernel size of the other layers",
+    "head_channels": "channels of the skip connections and the output head",
 }
 
 

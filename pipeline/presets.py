@@ -34,8 +34,8 @@ def default() -> RunPreset:
     return RunPreset(
         vqvae=VQVAEConfig.small(hidden=64, res_hidden=32, code_dim=16, codebook_size=128),
         vqvae_train=TrainConfig(steps=1500, batch_size=64, lr=1e-3, eval_every=500, checkpoint_every=250),
-        prior=PriorConfig.small(),
-        prior_train=TrainConfig(steps=2000, batch_size=64, lr=1e-3, eval_every=500, checkpoint_every=250))
+        prior=PriorConfig.small(layers=12),
+        prior_train=TrainConfig(steps=1500, batch_size=64, lr=1e-3, eval_every=500, checkpoint_every=250))
 
 
 def paper() -> RunPreset:

@@ -101,9 +101,21 @@ def nearest(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return distances.argmin(1)
 
 
+def kmeans_plus_plus(data: torch.Tensor, k: int) -> torch.Tensor:
+    """Seeds far apart: each next centre drawn with probability ~ squared distance (Arthur & Vassilvitskii 2007)."""
+    centres = data[torch.randint(0, data.shape[0], (1,), device=data.device)]  # (1, d)
+    closest = (data - centres).pow(2).sum(1)  # (N,)
+    for _ in range(k - 1):
+        weights = closest if closest.sum() > 0 else torch.ones_like(closest)
+        new = data[torch.multinomial(weights, 1)]  # (1, d)
+        centres = torch.cat([centres, new])
+        closest = torch.minimum(closest, (data - new).pow(2).sum(1))
+    return centres
+
+
 def kmeans(data: torch.Tensor, k: int, iters: int) -> torch.Tensor:
-    """Lloyd's algorithm from k random data points; an empty cluster keeps its centre."""
-    centres = data[torch.randint(0, data.shape[0], (k,), device=data.device)].clone()  # (K, d)
+    """Lloyd's algorithm from k-means++ seeds; an empty cluster keeps its centre."""
+    centres = kmeans_plus_plus(data, k)  # (K, d)
     for _ in range(iters):
         assign = nearest(data, centres)  # (N,)
         counts = torch.bincount(assign, minlength=k).float()  # (K,)

@@ -10,9 +10,10 @@ from data.configs import require
 
 @dataclass(frozen=True)
 class PriorConfig:
-    """Gated PixelCNN of van den Oord et al. 2016 over a (grid_height, grid_width) grid of K codes.
+    """Gated PixelCNN (van den Oord et al. 2016, arXiv 1606.05328) over a grid of K discrete codes.
 
-    K, the grid and the classes come from the latent dataset it trains on; the rest are options.
+    K, the grid and the classes come from the latent dataset the prior trains on; the rest are the
+    network's sizes. `head_channels` is the width of the skip connections and of the output head.
     """
 
     codebook_size: int = 512
@@ -20,14 +21,14 @@ class PriorConfig:
     grid_width: int = 7
     num_classes: int = 0
     channels: int = 64
-    layers: int = 12
+    layers: int = 15
     first_kernel: int = 7
     kernel: int = 3
     head_channels: int = 256
 
     def __post_init__(self) -> None:
         require(self.codebook_size >= 2, f"codebook_size={self.codebook_size} is not allowed; must be >= 2")
-        require(self.num_classes >= 0, f"num_classes={self.num_classes} is not allowed; must be >= 0 (0 = none)")
+        require(self.num_classes >= 0, f"num_classes={self.num_classes} is not allowed; must be >= 0 (0: none)")
         for name in ("grid_height", "grid_width", "channels", "layers", "head_channels"):
             value = getattr(self, name)
             require(value >= 1, f"{name}={value} is not allowed; must be >= 1")
@@ -40,18 +41,18 @@ class PriorConfig:
         return self.grid_height, self.grid_width
 
     @classmethod
-    def tiny(cls, **overrides: Any) -> "PriorConfig":
-        """For tests: a few thousand weights, still deep enough to see a 8x8 grid."""
-        return replace(cls(channels=8, layers=6, head_channels=16, codebook_size=16), **overrides)
+    def tiny(cls, **overrides: Any) -> PriorConfig:
+        """For tests: a few thousand weights over 16 codes, still deep enough to see a 7x7 grid."""
+        return replace(cls(codebook_size=16, channels=8, layers=6, head_channels=16), **overrides)
 
     @classmethod
-    def small(cls, **overrides: Any) -> "PriorConfig":
-        """The CPU default: 12 gated layers of 64 channels."""
+    def small(cls, **overrides: Any) -> PriorConfig:
+        """The CPU default: 15 gated layers of 64 channels."""
         return replace(cls(), **overrides)
 
     @classmethod
-    def paper(cls, **overrides: Any) -> "PriorConfig":
-        """GPU sizes after the paper: 20 layers, 128 channels."""
+    def paper(cls, **overrides: Any) -> PriorConfig:
+        """GPU sizes after van den Oord et al. 2016: 20 gated layers of 128 channels."""
         return replace(cls(channels=128, layers=20, head_channels=512), **overrides)
 
 

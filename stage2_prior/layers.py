@@ -1,12 +1,12 @@
-"""Causal building blocks of the gated PixelCNN (van den Oord et al. 2016, section 2.2).
+"""Causal building blocks of the gated PixelCNN (van den Oord et al. 2016, arXiv 1606.05328, sec. 2.2).
 
-Causality is structural: ordinary convolutions see only the past because their inputs are padded
-and shifted, never because weights are masked in forward, so any state dict is causal as saved.
+Causality is structural: each convolution is an ordinary one whose padding and cropping leave it
+only the past, never a mask applied to its weights, so any state dict is causal as saved.
 
-- The vertical stack at row i sees rows <= i (all columns within reach); it reaches the horizontal
-  stack only shifted down one row, so position (i, j) receives rows < i from it.
-- The horizontal stack at (i, j) sees columns <= j of row i, and columns < j in the first layer,
-  whose input is shifted right by one: no layer ever sees the code it predicts.
+- The vertical stack at row i sees rows <= i, every column within reach. It reaches the horizontal
+  stack only shifted down one row, so position (i, j) hears rows < i from it.
+- The horizontal stack at (i, j) sees columns <= j of row i; in the first layer (mask A), columns
+  < j only, so no layer ever sees the code it predicts.
 """
 
 from __future__ import annotations
@@ -15,65 +15,88 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
 def gate(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """tanh(a) * sigmoid(b) over the two halves of `dim` (eq. 2)."""
+    """The gated activation tanh(a) * sigmoid(b) over the two halves of `dim` (eq. 2)."""
     a, b = x.chunk(2, dim)
     return torch.tanh(a) * torch.sigmoid(b)
 
 
 def shift_down(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W): row i receives row i - 1, row 0 zeros."""
+    """(B, C, H, W): row i receives row i - 1 and row 0 zeros, so row i hears rows < i only."""
     return F.pad(x, (0, 0, 1, 0))[:, :, : x.shape[2]]
 
 
-class LayerOutput(NamedTuple):
+class VerticalConv(nn.Conv2d):
+    """A (kernel // 2 + 1) x kernel convolution whose row i sees input rows i - kernel // 2 .. i.
+
+    Padded by kernel // 2 on every side; the output rows that would see below are cropped.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int) -> None:
+        super().__init__(in_channels, out_channels, (kernel // 2 + 1, kernel), padding=kernel // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)[:, :, : x.shape[2]]  # (B, O, H, W)
+
+
+class HorizontalConv(nn.Conv2d):
+    """A 1 x (kernel // 2 + 1) convolution whose column j sees columns <= j, or < j for mask A.
+
+    Padded on both sides (one column more for mask A); the columns that would see the right are cropped.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, sees_current: bool) -> None:
+        width = kernel // 2 + 1
+        super().__init__(in_channels, out_channels, (1, width), padding=(0, width - 1 if sees_current else width))
+        self.sees_current = sees_current
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)[..., : x.shape[3]]  # (B, O, H, W)
+
+
+class BlockOutput(NamedTuple):
     vertical: torch.Tensor    # (B, C, H, W)
     horizontal: torch.Tensor  # (B, C, H, W)
     skip: torch.Tensor        # (B, S, H, W)
 
 
-class GatedLayer(nn.Module):
-    """One gated layer: vertical and horizontal stacks, the link between them, skip and residual."""
+class GatedBlock(nn.Module):
+    """One gated layer (Fig. 2 of van den Oord et al. 2016).
+
+    Both stacks are gated; the vertical stack's pre-activations, shifted down a row, join the
+    horizontal stack through a 1x1 convolution (`link`); the horizontal stack keeps a residual
+    connection (except in the first layer, whose input is the code at the current position) and
+    sends a skip connection to the head. A class label adds a learned bias before both gates (eq. 4).
+    """
 
     def __init__(self, channels: int, skip_channels: int, kernel: int, first: bool, num_classes: int) -> None:
         super().__init__()
-        self.channels, self.kernel, self.first = channels, kernel, first
-        self.v_conv = nn.Conv2d(channels, 2 * channels, (kernel // 2 + 1, kernel))
-        self.h_conv = nn.Conv2d(channels, 2 * channels, (1, kernel // 2 + 1))
-        self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
-        self.h_out = nn.Conv2d(channels, channels + skip_channels, 1)  # residual and skip in one
-        self.cond = nn.Embedding(num_classes, 4 * channels) if num_classes else None
+        self.first = first
+        self.vertical = VerticalConv(channels, 2 * channels, kernel)
+        self.horizontal = HorizontalConv(channels, 2 * channels, kernel, sees_current=not first)
+        self.link = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.residual = nn.Conv2d(channels, channels, 1)
+        self.skip = nn.Conv2d(channels, skip_channels, 1)
+        self.label_bias = nn.Embedding(num_classes, 4 * channels) if num_classes else None
 
-    @property
-    def v_rows(self) -> int:
-        return self.kernel // 2 + 1
-
-    @property
-    def h_cols(self) -> int:
-        return self.kernel // 2 + 1
-
-    def label_bias(self, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Class-conditional gate biases (eq. 4) for the vertical and horizontal stacks, (B, 2C) each."""
-        if self.cond is None or labels is None:
+    def label_biases(self, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The class-conditional biases of the vertical and horizontal gates, (B, 2C) each, or None."""
+        if self.label_bias is None or labels is None:
             return None
-        return self.cond(labels).chunk(2, 1)
+        vertical, horizontal = rearrange(self.label_bias(labels), "b (two c) -> two b c", two=2)
+        return vertical, horizontal
 
-    def forward(self, v: torch.Tensor, h: torch.Tensor, labels: torch.Tensor | None) -> LayerOutput:
-        width = h.shape[3]
-        pad = self.kernel // 2
-        v_pre = self.v_conv(F.pad(v, (pad, pad, self.v_rows - 1, 0)))  # (B, 2C, H, W), rows <= i
-        if self.first:
-            h_in = F.pad(h, (self.h_cols, 0))[..., : width + self.h_cols - 1]  # shifted: columns < j
-        else:
-            h_in = F.pad(h, (self.h_cols - 1, 0))  # columns <= j
-        h_pre = self.h_conv(h_in) + self.v_to_h(shift_down(v_pre))  # (B, 2C, H, W)
-        bias = self.label_bias(labels)
-        if bias is not None:
-            v_pre = v_pre + bias[0][:, :, None, None]
-            h_pre = h_pre + bias[1][:, :, None, None]
-        out = self.h_out(gate(h_pre))  # (B, C + S, H, W)
-        residual, skip = out[:, : self.channels], out[:, self.channels:]
-        return LayerOutput(gate(v_pre), residual if self.first else h + residual, skip)
+    def forward(self, v: torch.Tensor, h: torch.Tensor, labels: torch.Tensor | None = None) -> BlockOutput:
+        v_pre = self.vertical(v)  # (B, 2C, H, W): rows <= i
+        h_pre = self.horizontal(h) + self.link(shift_down(v_pre))  # (B, 2C, H, W): row i to column j, rows < i
+        biases = self.label_biases(labels)
+        if biases is not None:
+            v_pre = v_pre + biases[0][:, :, None, None]
+            h_pre = h_pre + biases[1][:, :, None, None]
+        gated = gate(h_pre)  # (B, C, H, W)
+        h_out = self.residual(gated) if self.first else h + self.residual(gated)
+        return BlockOutput(gate(v_pre), h_out, self.skip(gated))

@@ -1,4 +1,4 @@
-"""The gated PixelCNN prior over code grids (van den Oord et al. 2016), with no I/O."""
+"""The gated PixelCNN prior over grids of discrete codes (van den Oord et al. 2016), with no I/O."""
 
 from __future__ import annotations
 
@@ -6,16 +6,21 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from data.checkpoint import Pretrained
 from data.errors import VQGenError
 from stage2_prior.config import PriorConfig
-from stage2_prior.layers import GatedLayer
+from stage2_prior.layers import GatedBlock
 
 
 class GatedPixelCNN(nn.Module, Pretrained):
-    """codes (B, H, W) [+ labels (B,)] -> logits (B, K, H, W) of each code given the codes before it."""
+    """codes (B, H, W) [+ labels (B,)] -> logits (B, K, H, W) of each code given the codes before it.
+
+    The prior of VQ-VAE (van den Oord et al. 2017, arXiv 1711.00937, sec. 3.2): raster order, a
+    vertical and a horizontal stack with no blind spot, skip connections summed into a ReLU / 1x1 head.
+    """
 
     kind = "prior"
     config_class = PriorConfig
@@ -26,24 +31,14 @@ class GatedPixelCNN(nn.Module, Pretrained):
         c, s = config.channels, config.head_channels
         self.embedding = nn.Embedding(config.codebook_size, c)
         self.layers = nn.ModuleList(
-            GatedLayer(c, s, config.first_kernel if i == 0 else config.kernel, i == 0, config.num_classes)
+            GatedBlock(c, s, config.first_kernel if i == 0 else config.kernel, i == 0, config.num_classes)
             for i in range(config.layers))
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(s, s, 1), nn.ReLU(), nn.Conv2d(s, config.codebook_size, 1))
 
-    def check_inputs(self, codes: torch.Tensor, labels: torch.Tensor | None) -> None:
-        cfg = self.config
-        if codes.dim() != 3 or tuple(codes.shape[1:]) != cfg.grid:
-            raise VQGenError(f"codes have grid {'x'.join(map(str, codes.shape[1:]))} but the prior was built "
-                             f"for {cfg.grid_height}x{cfg.grid_width}")
-        if cfg.num_classes and labels is None:
-            raise VQGenError(f"this prior is conditioned on {cfg.num_classes} classes; pass labels")
-        if labels is not None and not cfg.num_classes:
-            raise VQGenError("this prior is unconditional; labels cannot be used")
-        if labels is not None and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= cfg.num_classes):
-            raise VQGenError(f"labels must lie in [0, {cfg.num_classes}) for this prior")
-
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.embedding(codes).permute(0, 3, 1, 2)  # (B, C, H, W)
+        self.check_codes(codes)
+        self.check_labels(labels, len(codes))
+        x = rearrange(self.embedding(codes.long()), "b h w c -> b c h w")  # (B, C, H, W)
         v, h, skip = x, x, 0
         for layer in self.layers:
             v, h, s = layer(v, h, labels)
@@ -51,12 +46,40 @@ class GatedPixelCNN(nn.Module, Pretrained):
         return self.head(skip)  # (B, K, H, W)
 
     def loss(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean cross-entropy in nats per code."""
-        self.check_inputs(codes, labels)
-        return F.cross_entropy(self(codes, labels).float(), codes)
+        """Mean cross-entropy in nats per code, the training objective."""
+        return F.cross_entropy(self(codes, labels).float(), codes.long())
 
     def nll_bits(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """(B,) negative log-likelihood of each grid in bits."""
-        self.check_inputs(codes, labels)
-        nats = F.cross_entropy(self(codes, labels).float(), codes, reduction="none")  # (B, H, W)
+        """(B,) negative log-likelihood of each grid in bits: nats summed over positions / ln 2."""
+        nats = F.cross_entropy(self(codes, labels).float(), codes.long(), reduction="none")  # (B, H, W)
         return nats.flatten(1).sum(1) / math.log(2)
+
+    def check_codes(self, codes: torch.Tensor) -> None:
+        """Refuse grids of another size or codes outside 0..K-1, naming both numbers."""
+        cfg = self.config
+        if codes.dim() != 3 or codes.is_floating_point() or codes.is_complex():
+            raise VQGenError(f"codes must be an integer tensor (B, H, W); got {codes.dtype} of shape "
+                             f"{tuple(codes.shape)}")
+        if tuple(codes.shape[1:]) != cfg.grid:
+            raise VQGenError(f"codes have grid {codes.shape[1]}x{codes.shape[2]} but the prior was built "
+                             f"for {cfg.grid_height}x{cfg.grid_width}")
+        low, high = (int(x) for x in torch.aminmax(codes)) if codes.numel() else (0, 0)
+        if low < 0 or high >= cfg.codebook_size:
+            raise VQGenError(f"codes hold code {low if low < 0 else high} but the prior was built for "
+                             f"K={cfg.codebook_size} codes (0..{cfg.codebook_size - 1})")
+
+    def check_labels(self, labels: torch.Tensor | None, batch: int) -> None:
+        """Labels are needed exactly when the prior is class-conditional, one per grid, in range."""
+        classes = self.config.num_classes
+        if labels is None:
+            if classes:
+                raise VQGenError(f"this prior is conditioned on {classes} classes; pass labels (B,) in "
+                                 f"0..{classes - 1}")
+            return
+        if not classes:
+            raise VQGenError("this prior is unconditional (num_classes=0); labels cannot be used")
+        if labels.shape != (batch,):
+            raise VQGenError(f"labels have shape {tuple(labels.shape)} but the codes hold {batch} grids")
+        low, high = (int(x) for x in torch.aminmax(labels)) if batch else (0, 0)
+        if low < 0 or high >= classes:
+            raise VQGenError(f"labels must lie in [0, {classes}) for this prior; got {low if low < 0 else high}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -14,9 +15,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
-def _quiet_and_seeded(monkeypatch: pytest.MonkeyPatch) -> None:
+def _quiet_seeded_single_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tiny models run faster on one thread, and a busy machine does not stall them."""
     monkeypatch.setenv("TQDM_DISABLE", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Image data: the built-in digits, folders of images by their documented rules, torchvision MNIST."""
+"""Image datasets: the built-in digits, folders of images, torchvision MNIST, and their errors."""
 
 from __future__ import annotations
 
@@ -12,101 +12,191 @@ from PIL import Image
 from data.builtin import make_builtin
 from data.errors import UsageError, VQGenError
 from data.folder import open_folder
-from data.images import check_divisible, open_dataset
+from data.images import DatasetInfo, check_divisible, open_dataset
 
 
-def test_builtin_is_deterministic_labelled_and_in_range() -> None:
-    a, b = make_builtin("train", seed=0, count=200), make_builtin("train", seed=0, count=200)
-    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
-    assert not torch.equal(make_builtin("train", seed=1, count=200).images, a.images)
-    assert not torch.equal(make_builtin("test", seed=0, count=200).images, a.images)
-    image, label = a[0]
-    assert image.shape == (1, 28, 28) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
-    assert sorted(a.labels.unique().tolist()) == list(range(10)) and a.info.num_classes == 10
-    batch, labels = a.__getitems__([5, 1])
-    assert torch.equal(batch[0], a[5][0]) and labels.tolist() == [int(a[5][1]), int(a[1][1])]
-
-
-def test_builtin_classes_differ_on_average() -> None:
-    data = make_builtin("train", seed=0, count=500)
-    means = torch.stack([data.images[data.labels == c].float().mean(0) for c in range(10)])  # (10, 1, 28, 28)
-    distances = torch.cdist(means.flatten(1), means.flatten(1))
-    assert distances[~torch.eye(10, dtype=torch.bool)].min() > 100  # class templates are far apart
-
-
-def save(path: Path, image: Image.Image) -> None:
+def _save(path: Path, image: Image.Image) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
+    return path
 
 
-def test_folder_classes_are_sorted_and_splits_follow_subfolders(tmp_path: Path) -> None:
-    for split in ("train", "test"):
-        for name in ("zebra", "apple", "mango"):
-            save(tmp_path / split / name / "a.png", Image.new("L", (8, 8), 10))
-    data = open_folder(tmp_path, "train")
-    assert data.info.class_names == ("apple", "mango", "zebra") and data.labels.tolist() == [0, 1, 2]
-    assert data.info.channels == 1 and len(open_folder(tmp_path, "test")) == 3
+def _flat(root: Path) -> Path:
+    """root/train/ for images lying directly in the split, and an empty root/test/ beside it."""
+    (root / "test").mkdir()
+    return root / "train"
 
 
-def test_mode_rule_gray_stays_one_channel_else_rgb(tmp_path: Path) -> None:
-    save(tmp_path / "gray" / "l.png", Image.new("L", (4, 4), 100))
-    save(tmp_path / "gray" / "p.png", Image.new("L", (4, 4), 50).convert("P"))
-    gray = open_dataset(str(tmp_path / "gray"), "train")
-    assert gray.info.channels == 1
-    save(tmp_path / "mixed" / "l.png", Image.new("L", (4, 4), 100))
-    save(tmp_path / "mixed" / "rgba.png", Image.new("RGBA", (4, 4), (255, 0, 0, 0)))
-    mixed = open_folder(tmp_path / "mixed", "train")
-    assert mixed.info.channels == 3
-    rgba = mixed.images[[p.name for p in sorted((tmp_path / "mixed").iterdir())].index("rgba.png")]
-    assert rgba.sum() == 0  # fully transparent pixels composite onto black
+def _gray(value: int, size: tuple[int, int] = (8, 8)) -> Image.Image:
+    return Image.new("L", size, value)
 
 
-def test_mixed_sizes_name_the_file_unless_resized(tmp_path: Path) -> None:
-    save(tmp_path / "a.png", Image.new("L", (8, 8)))
-    save(tmp_path / "b.png", Image.new("L", (10, 6)))
-    with pytest.raises(VQGenError, match="b.png is 10x6 but .*a.png is 8x8"):
-        open_folder(tmp_path, "train")
-    assert open_folder(tmp_path, "train", size=4).images.shape == (2, 1, 4, 4)
+# ---- built-in digits -----------------------------------------------------------------------------
+
+def test_builtin_is_deterministic_for_a_seed_and_varies_with_it() -> None:
+    first, again, other = make_builtin("train", 0, 64), make_builtin("train", 0, 64), make_builtin("train", 1, 64)
+    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
+    assert not torch.equal(first.images, other.images)
 
 
-def test_unreadable_file_and_empty_folder_are_named(tmp_path: Path) -> None:
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(VQGenError, match="no images"):
-        open_folder(tmp_path / "empty", "train")
-    save(tmp_path / "bad" / "ok.png", Image.new("L", (4, 4)))
-    (tmp_path / "bad" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(VQGenError, match="cannot read image .*broken.png"):
-        open_folder(tmp_path / "bad", "train")
+def test_builtin_train_and_test_are_different_draws() -> None:
+    train, test = make_builtin("train", 0, 64), make_builtin("test", 0, 64)
+    assert not torch.equal(train.images, test.images)
+    assert not (train.images[:, None] == test.images[None]).flatten(2).all(-1).any()  # no image shared
 
 
-def test_folder_without_split_folders_holds_out_a_stable_tenth(tmp_path: Path) -> None:
-    for i in range(200):
-        save(tmp_path / f"{i}.png", Image.new("L", (2, 2), i))
+def test_builtin_test_split_is_balanced_mnist_shaped_digits() -> None:
+    data = make_builtin("test", 0)
+    assert len(data) == 2000 and data.info.num_classes == 10 and data.info.class_names == tuple("0123456789")
+    assert torch.bincount(data.labels).tolist() == [200] * 10
+    images, labels = data.__getitems__(list(range(len(data))))
+    assert images.shape == (2000, 1, 28, 28) and images.dtype == torch.float32 and labels.dtype == torch.int64
+    assert images.min() >= 0 and images.max() <= 1
+    assert (images.amax(dim=(1, 2, 3)) > 0.6).all()  # every image holds a bright stroke
+    assert images.mean() < 0.3  # on a dark background
+    border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., :, 0], images[..., :, -1]], -1)
+    assert border.mean() < 0.02  # the digit fits the frame
+    means = torch.stack([images[labels == c].mean(0) for c in range(10)]).flatten(1)  # (10, 784)
+    distances = torch.cdist(means, means)[~torch.eye(10, dtype=torch.bool)]
+    assert distances.min() > 0.2 * distances.max()  # every class has its own average shape
+
+
+def test_open_dataset_builtin_uses_the_seed() -> None:
+    assert torch.equal(open_dataset("builtin", "test", seed=3).images, make_builtin("test", 3).images)
+
+
+def test_getitems_agrees_with_getitem() -> None:
+    data = make_builtin("train", 0, 16)
+    images, labels = data.__getitems__([5, 0, 5])
+    for row, index in enumerate([5, 0, 5]):
+        image, label = data[index]
+        assert torch.equal(images[row], image) and torch.equal(labels[row], label)
+    assert torch.equal(image, data.images[5].float() / 255)
+
+
+def test_bad_builtin_options_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="split='valid'"):
+        open_dataset("builtin", "valid")
+    with pytest.raises(UsageError, match="--image-size"):
+        open_dataset("builtin", "test", size=32)
+
+
+# ---- folders of images ---------------------------------------------------------------------------
+
+def test_class_folders_are_numbered_in_sorted_order_over_both_splits(tmp_path: Path) -> None:
+    for split, names in (("train", ["zebra", "apple", "mango"]), ("test", ["zebra", "mango"])):
+        for value, name in enumerate(names):
+            _save(tmp_path / split / name / "a.png", _gray(10 * value))
     train, test = open_folder(tmp_path, "train"), open_folder(tmp_path, "test")
-    assert len(train) + len(test) == 200 and 5 <= len(test) <= 40 and train.labels is None
+    assert train.info.class_names == test.info.class_names == ("apple", "mango", "zebra")
+    assert train.labels.tolist() == [0, 1, 2] and test.labels.tolist() == [1, 2]
+    assert test.info.num_classes == 3 and test.info.source()["image_shape"] == [1, 8, 8]
+
+
+def test_loose_images_are_unlabelled_and_split_by_a_stable_hash(tmp_path: Path) -> None:
+    for i in range(60):
+        _save(tmp_path / f"{i}.png", _gray(i))
+    train, test = open_folder(tmp_path, "train"), open_folder(tmp_path, "test")
+    assert len(train) + len(test) == 60 and 1 <= len(test) <= 15
+    assert not set(train.images[:, 0, 0, 0].tolist()) & set(test.images[:, 0, 0, 0].tolist())
     assert torch.equal(open_folder(tmp_path, "test").images, test.images)
+    assert test.labels is None and test.info.num_classes is None
+    assert test[0][1].item() == -1 and (test.__getitems__([0, 1])[1] == -1).all()
 
 
-def test_unknown_names_and_missing_roots_are_clear(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="unknown dataset 'imagenet'.*builtin, mnist"):
+def test_grayscale_modes_give_one_channel(tmp_path: Path) -> None:
+    train = _flat(tmp_path)
+    _save(train / "l.png", _gray(128))
+    _save(train / "bits.png", _gray(255).convert("1"))
+    _save(train / "palette.png", _gray(64).convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE))
+    _save(train / "wide.png", Image.fromarray(np.full((8, 8), 32 * 257, np.uint16)))  # 16 bits
+    _save(train / "upper.JPG", _gray(200))
+    data = open_dataset(str(tmp_path), "train")
+    assert data.images.shape == (5, 1, 8, 8)
+    assert sorted(data.images[:, 0, 0, 0].tolist()) == [32, 64, 128, 200, 255]
+
+
+def test_any_colour_image_makes_rgb_and_transparency_becomes_black(tmp_path: Path) -> None:
+    train = _flat(tmp_path)
+    _save(train / "a_gray.png", _gray(100))
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 255))
+    rgba.putpixel((0, 0), (255, 255, 255, 0))
+    _save(train / "b_rgba.png", rgba)
+    _save(train / "c_palette.png", Image.new("RGB", (8, 8), (0, 0, 200)).convert("P", palette=Image.Palette.ADAPTIVE))
+    images = open_folder(tmp_path, "train").images
+    assert images.shape == (3, 3, 8, 8)
+    assert images[0, :, 0, 0].tolist() == [100, 100, 100]
+    assert images[1, :, 0, 0].tolist() == [0, 0, 0] and images[1, :, 1, 1].tolist() == [255, 0, 0]
+    assert images[2, :, 0, 0].tolist() == [0, 0, 200]
+
+
+def test_mixed_sizes_are_refused_naming_the_file(tmp_path: Path) -> None:
+    train = _flat(tmp_path)
+    _save(train / "a.png", _gray(0, (16, 16)))
+    _save(train / "b.png", _gray(0, (20, 16)))
+    with pytest.raises(VQGenError, match=r"b\.png is 20x16 but .*a\.png is 16x16.*--image-size"):
+        open_folder(tmp_path, "train")
+
+
+def test_size_option_resizes_the_shorter_side_and_crops_the_centre(tmp_path: Path) -> None:
+    wide = np.zeros((16, 32), np.uint8)
+    wide[:, :8] = wide[:, 24:] = 255  # white edges fall outside the centre square
+    train = _flat(tmp_path)
+    _save(train / "a.png", Image.fromarray(wide))
+    _save(train / "b.png", _gray(255, (32, 32)))
+    images = open_dataset(str(tmp_path), "train", size=16).images
+    assert images.shape == (2, 1, 16, 16)
+    assert images[0].max() == 0 and images[1].min() == 255
+
+
+@pytest.mark.parametrize("content", [b"not an image", "truncated"])
+def test_unreadable_file_is_named(tmp_path: Path, content: bytes | str) -> None:
+    train = _flat(tmp_path)
+    good = _save(train / "good.png", Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)))
+    bad = train / "bad.png"
+    bad.write_bytes(good.read_bytes()[:200] if content == "truncated" else content)
+    with pytest.raises(VQGenError, match=r"cannot read image .*bad\.png"):
+        open_folder(tmp_path, "train")
+
+
+def test_empty_folder_and_mixed_layout_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(VQGenError, match="no images"):
+        open_dataset(str(tmp_path))
+    _save(tmp_path / "cats" / "a.png", _gray(0))
+    _save(tmp_path / "loose.png", _gray(0))
+    with pytest.raises(VQGenError, match=r"loose\.png lies directly in"):
+        open_folder(tmp_path, "train")
+
+
+# ---- names, torchvision, sizes -------------------------------------------------------------------
+
+def test_unknown_name_lists_the_known_ones() -> None:
+    with pytest.raises(UsageError, match=r"unknown dataset 'imagenet'.*builtin, mnist, fashion-mnist, cifar10.*folder"):
         open_dataset("imagenet")
-    with pytest.raises(UsageError, match="needs --data-root"):
+
+
+def test_missing_data_root_says_how_to_fix_it(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--data-root"):
         open_dataset("mnist")
-    with pytest.raises(VQGenError, match="does not exist"):
-        open_dataset("mnist", root=str(tmp_path / "nowhere"))
-    with pytest.raises(VQGenError, match="not found under --data-root"):
-        open_dataset("cifar10", root=str(tmp_path))
+    with pytest.raises(VQGenError, match="--data-root .*--download"):
+        open_dataset("mnist", root=str(tmp_path / "absent"))
+    with pytest.raises(VQGenError, match="mnist not found under --data-root.*--download"):
+        open_dataset("mnist", root=str(tmp_path))
 
 
-def test_sizes_that_do_not_divide_are_refused() -> None:
-    info = make_builtin("test", count=10).info
-    check_divisible(info, 4)
-    with pytest.raises(VQGenError, match="28x28, not divisible by 8"):
-        check_divisible(info, 8)
-
-
-def test_real_mnist(mnist_root: Path) -> None:
+def test_mnist_from_its_raw_files(mnist_root: Path) -> None:
     train, test = open_dataset("mnist", "train", str(mnist_root)), open_dataset("mnist", "test", str(mnist_root))
-    assert len(train) == 60000 and len(test) == 10000 and train.info.source()["image_shape"] == [1, 28, 28]
-    assert np.bincount(train.labels.numpy()).tolist()[:2] == [5923, 6742]
-    assert abs(float(train.images[:10000].float().mean() / 255) - 0.1307) < 0.01
+    assert (len(train), len(test)) == (60000, 10000)
+    assert train.info.source() == {"dataset": "mnist", "split": "train", "image_shape": [1, 28, 28]}
+    assert torch.bincount(train.labels).tolist()[:2] == [5923, 6742] and train.info.num_classes == 10
+    assert abs(train.images[:10000].float().mean().item() / 255 - 0.1307) < 0.01  # MNIST's known mean
+    image, label = test[0]
+    assert image.shape == (1, 28, 28) and image.max() == 1 and label.item() == 7
+
+
+def test_check_divisible_names_size_factor_and_fix() -> None:
+    info = DatasetInfo("builtin", "train", 1, 28, 28, 10, None)
+    check_divisible(info, 4)
+    with pytest.raises(VQGenError, match=r"28x28, not divisible by 8.*fewer --downsamples"):
+        check_divisible(info, 8)

@@ -82,7 +82,7 @@ def _weights(directory: Path) -> dict[str, torch.Tensor]:
 def test_resumed_training_equals_uninterrupted(tmp_path: Path, quantizer: str,
                                                digits: tuple[ImageDataset, ImageDataset]) -> None:
     train, held_out = digits
-    config = VQVAEConfig.tiny(quantizer=quantizer, kmeans_init=True, restart_every=2, restart_threshold=0.5)
+    config = VQVAEConfig.tiny(quantizer=quantizer, kmeans_init=True, restart_every=2, restart_threshold=50.0)
     train_vqvae(config, TINY_TRAIN, train, held_out, tmp_path / "whole", progress=False)
     train_vqvae(config, replace(TINY_TRAIN, steps=4), train, held_out, tmp_path / "parts", progress=False)
     train_vqvae(config, TINY_TRAIN, train, held_out, tmp_path / "parts", progress=False)

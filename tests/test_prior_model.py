@@ -1,0 +1,145 @@
+"""The gated PixelCNN prior: causality by gradient probes, masked-conv references, conditioning,
+round trip, likelihood units and the errors a user can meet."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from data.errors import UsageError, VQGenError
+from stage2_prior.config import PRESETS, PriorConfig
+from stage2_prior.layers import HorizontalConv, VerticalConv
+from stage2_prior.model import GatedPixelCNN
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from a second thread, and on a busy CPU its hand-offs cost milliseconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def dependency(model: GatedPixelCNN, grid: tuple[int, int], labels: torch.Tensor | None) -> torch.Tensor:
+    """(H*W, H*W) boolean: [p, q] is True when the logits at position p have a gradient from the
+    embedded code at position q (positions in raster order)."""
+    embedded: list[torch.Tensor] = []
+
+    def make_leaf(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        embedded.append(output.detach().requires_grad_())
+        return embedded[-1]
+
+    hook = model.embedding.register_forward_hook(make_leaf)
+    logits = model(torch.randint(0, model.config.codebook_size, (1, *grid)), labels)  # (1, K, H, W)
+    hook.remove()
+    rows = []
+    for p in range(grid[0] * grid[1]):
+        (grad,) = torch.autograd.grad(logits[0, :, p // grid[1], p % grid[1]].sum(), embedded[0], retain_graph=True)
+        rows.append(grad[0].abs().sum(-1).flatten() > 0)  # (H*W,)
+    return torch.stack(rows)
+
+
+def strictly_earlier(n: int) -> torch.Tensor:
+    """[p, q] is True when q comes before p in raster order."""
+    return torch.ones(n, n, dtype=torch.bool).tril(-1)
+
+
+@pytest.mark.parametrize("grid, classes", [((8, 8), 0), ((6, 10), 3)])
+def test_no_look_ahead_and_no_blind_spot(grid: tuple[int, int], classes: int) -> None:
+    config = PriorConfig.tiny(grid_height=grid[0], grid_width=grid[1], layers=8, num_classes=classes)
+    model = GatedPixelCNN(config).double()
+    depends = dependency(model, grid, torch.tensor([1]) if classes else None)
+    earlier = strictly_earlier(grid[0] * grid[1])
+    assert not (depends & ~earlier).any(), "a position sees itself or a later position"
+    assert depends[earlier].all(), "a position is blind to an earlier position"
+
+
+def test_any_loaded_weights_are_causal(tmp_path: Path) -> None:
+    """No mask is applied in forward, so even random weights, saved and loaded, cannot look ahead."""
+    model = GatedPixelCNN(PriorConfig.tiny(grid_height=4, grid_width=5, layers=5))
+    model.load_state_dict({k: torch.randn_like(v) for k, v in model.state_dict().items()})
+    model.save_pretrained(tmp_path / "prior")
+    loaded = GatedPixelCNN.from_pretrained(tmp_path / "prior").double()
+    assert not (dependency(loaded, (4, 5), None) & ~strictly_earlier(20)).any()
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_stack_convolutions_equal_masked_convolutions(kernel: int) -> None:
+    """The padded-and-cropped convolutions equal the textbook ones: centred convolutions whose
+    weights below the centre row, right of the centre column, or (mask A) on it are zero."""
+    x, half = torch.randn(2, 3, 6, 7), kernel // 2
+    vertical = VerticalConv(3, 4, kernel)
+    masked = F.pad(vertical.weight, (0, 0, 0, half))  # (4, 3, kernel, kernel): zero rows below the centre
+    torch.testing.assert_close(vertical(x), F.conv2d(x, masked, vertical.bias, padding=half))
+    for sees_current in (True, False):
+        horizontal = HorizontalConv(3, 4, kernel, sees_current)
+        width = horizontal.weight.shape[3]
+        zeros = width - 1 if sees_current else width + 1  # zero columns right of the learned ones
+        masked = F.pad(horizontal.weight, (0, zeros))  # (4, 3, 1, width + zeros), centred
+        reference = F.conv2d(x, masked, horizontal.bias, padding=(0, (width + zeros) // 2))
+        torch.testing.assert_close(horizontal(x), reference)
+
+
+def test_labels_change_the_logits_and_round_trip_keeps_them(tmp_path: Path) -> None:
+    model = GatedPixelCNN(PriorConfig.tiny(num_classes=4)).eval()
+    codes = torch.randint(0, 16, (2, 7, 7))
+    with torch.no_grad():
+        zero, three = model(codes, torch.tensor([0, 0])), model(codes, torch.tensor([3, 3]))
+    assert not torch.allclose(zero, three)
+    model.save_pretrained(tmp_path / "prior")
+    again = GatedPixelCNN.from_pretrained(tmp_path / "prior")
+    assert again.config == model.config
+    with torch.no_grad():
+        assert torch.equal(again(codes, torch.tensor([0, 0])), zero)
+        assert torch.equal(again(codes, torch.tensor([3, 3])), three)
+
+
+def test_unconditional_model_and_likelihood_units() -> None:
+    model = GatedPixelCNN(PriorConfig.tiny(grid_height=3, grid_width=5))
+    codes = torch.randint(0, 16, (4, 3, 5))
+    with torch.no_grad():
+        assert model(codes).shape == (4, 16, 3, 5)
+        bits, nats = model.nll_bits(codes), model.loss(codes)
+    assert bits.shape == (4,)
+    assert float(bits.mean()) == pytest.approx(float(nats) * 15 / math.log(2), rel=1e-5)
+
+
+@pytest.mark.parametrize("shape, labels, message", [
+    ((1, 8, 8), torch.tensor([0]), "codes have grid 8x8 but the prior was built for 7x7"),
+    ((1, 7, 6), torch.tensor([0]), "codes have grid 7x6 but the prior was built for 7x7"),
+    ((1, 7, 7), None, "conditioned on 3 classes; pass labels"),
+    ((1, 7, 7), torch.tensor([3]), r"labels must lie in \[0, 3\) for this prior; got 3"),
+    ((1, 7, 7), torch.tensor([-1]), r"labels must lie in \[0, 3\) for this prior; got -1"),
+    ((2, 7, 7), torch.tensor([0]), r"labels have shape \(1,\) but the codes hold 2 grids"),
+])
+def test_bad_inputs_are_named(shape: tuple[int, ...], labels: torch.Tensor | None, message: str) -> None:
+    model = GatedPixelCNN(PriorConfig.tiny(num_classes=3))
+    with pytest.raises(VQGenError, match=message):
+        model.loss(torch.zeros(shape, dtype=torch.long), labels)
+
+
+def test_codes_outside_the_codebook_and_stray_labels_are_named() -> None:
+    model = GatedPixelCNN(PriorConfig.tiny())
+    codes = torch.zeros(1, 7, 7, dtype=torch.long)
+    with pytest.raises(VQGenError, match="codes hold code 16 but the prior was built for K=16 codes"):
+        model(codes + 16)
+    with pytest.raises(VQGenError, match="unconditional"):
+        model(codes, torch.tensor([0]))
+
+
+def test_config_checks_and_presets() -> None:
+    with pytest.raises(UsageError, match="kernel=4 is not allowed; must be odd and >= 3"):
+        PriorConfig(kernel=4)
+    with pytest.raises(UsageError, match="codebook_size=1 is not allowed; must be >= 2"):
+        PriorConfig.tiny(codebook_size=1)
+    with pytest.raises(UsageError, match="grid_width=0 is not allowed"):
+        PriorConfig.small(grid_width=0)
+    assert set(PRESETS) == {"tiny", "small", "paper"}
+    assert PRESETS["paper"](num_classes=10).num_classes == 10
+    assert PriorConfig.paper().layers > PriorConfig.small().layers > PriorConfig.tiny().layers

@@ -1,0 +1,140 @@
+"""Samplers: incremental logits equal the full model's at every step, the same generator gives the
+same codes naive or incremental, temperature and top_k do what they say, bad options are named."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+import torch
+
+from data.errors import UsageError
+from stage2_prior.config import PriorConfig
+from stage2_prior.model import GatedPixelCNN
+from stage2_prior.sampling import IncrementalSampler, sample, sample_naive
+
+K = 16
+GRIDS = [((8, 8), 3), ((8, 8), 0), ((6, 10), 2), ((6, 10), 0), ((5, 1), 0)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from a second thread, and on a busy CPU its hand-offs cost milliseconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def model_for(grid: tuple[int, int], classes: int, device: str = "cpu") -> GatedPixelCNN:
+    torch.manual_seed(0)
+    config = PriorConfig.tiny(grid_height=grid[0], grid_width=grid[1], num_classes=classes, layers=7,
+                              first_kernel=5, codebook_size=K)
+    return GatedPixelCNN(config).to(device).eval()
+
+
+def check_every_step(model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | None) -> None:
+    """At each position, the sampler's logits equal the full model's on the same prefix."""
+    sampler = IncrementalSampler(model, codes, labels)
+    with torch.no_grad():
+        full = model(codes, labels)  # (B, K, H, W): position (i, j) depends on the codes before it only
+        for i in range(codes.shape[1]):
+            for j in range(codes.shape[2]):
+                torch.testing.assert_close(sampler.logits(i, j), full[:, :, i, j], atol=1e-5, rtol=1e-5)
+                sampler.commit(i, j, codes[:, i, j])
+
+
+@pytest.mark.parametrize("grid, classes", GRIDS)
+def test_incremental_logits_equal_full_logits_at_every_step(grid: tuple[int, int], classes: int) -> None:
+    model = model_for(grid, classes)
+    labels = torch.tensor([0, 1, 2, 1]) % classes if classes else None
+    check_every_step(model, torch.randint(0, K, (4, *grid)), labels)
+
+
+def test_incremental_logits_with_the_default_kernels_and_trained_looking_weights() -> None:
+    """The first layer at its default 7-wide kernel, and weights far from their initialisation."""
+    torch.manual_seed(1)
+    model = GatedPixelCNN(PriorConfig.tiny(grid_height=5, grid_width=6, num_classes=2)).eval()
+    model.load_state_dict({k: torch.randn_like(v) * 0.3 for k, v in model.state_dict().items()})
+    check_every_step(model, torch.randint(0, K, (3, 5, 6)), torch.tensor([0, 1, 1]))
+
+
+@pytest.mark.parametrize("grid, classes", GRIDS)
+def test_same_generator_gives_the_same_codes(grid: tuple[int, int], classes: int) -> None:
+    model = model_for(grid, classes)
+    labels = 1 if classes else None
+    fast = sample(model, 6, labels, generator=torch.Generator().manual_seed(3), progress=False)
+    slow = sample_naive(model, 6, labels, generator=torch.Generator().manual_seed(3), progress=False)
+    assert fast.shape == (6, *grid) and fast.dtype == torch.long
+    assert torch.equal(fast, slow)
+    assert torch.equal(fast, sample(model, 6, labels, generator=torch.Generator().manual_seed(3), progress=False))
+    assert not torch.equal(fast, sample(model, 6, labels, generator=torch.Generator().manual_seed(4),
+                                        progress=False))
+
+
+def test_top_k_one_is_greedy_decoding() -> None:
+    model = model_for((4, 5), 0)
+    codes = sample(model, 3, top_k=1, generator=torch.Generator().manual_seed(0), progress=False)
+    other_seed = sample(model, 3, top_k=1, generator=torch.Generator().manual_seed(1), progress=False)
+    assert torch.equal(codes, other_seed)
+    with torch.no_grad():
+        assert torch.equal(model(codes).argmax(1), codes)
+
+
+def test_top_k_draws_only_among_the_k_most_likely_codes() -> None:
+    model = model_for((4, 5), 2)
+    codes = sample(model, 32, 1, top_k=3, generator=torch.Generator().manual_seed(0), progress=False)
+    with torch.no_grad():
+        top = model(codes, torch.ones(32, dtype=torch.long)).topk(3, dim=1).indices  # (B, 3, H, W)
+    assert (top == codes[:, None]).any(1).all()
+    assert len(codes.unique()) > 3  # three codes per position, not three overall
+
+
+def test_temperature_concentrates_and_labels_steer() -> None:
+    model = model_for((4, 4), 2)
+    cold = sample(model, 64, 0, temperature=0.05, generator=torch.Generator().manual_seed(0), progress=False)
+    hot = sample(model, 64, 0, temperature=5.0, generator=torch.Generator().manual_seed(0), progress=False)
+    zeros = torch.zeros(64, dtype=torch.long)
+    with torch.no_grad():
+        assert model.nll_bits(cold, zeros).mean() < model.nll_bits(hot, zeros).mean()
+    other = sample(model, 64, 1, temperature=0.05, generator=torch.Generator().manual_seed(0), progress=False)
+    assert not torch.equal(cold, other)
+
+
+def test_an_int_label_is_shared_and_a_tensor_gives_one_per_grid() -> None:
+    model = model_for((3, 4), 3)
+    shared = sample(model, 4, 2, generator=torch.Generator().manual_seed(0), progress=False)
+    same = sample(model, 4, torch.full((4,), 2), generator=torch.Generator().manual_seed(0), progress=False)
+    mixed = sample(model, 4, torch.tensor([2, 2, 0, 0]), generator=torch.Generator().manual_seed(0),
+                   progress=False)
+    assert torch.equal(shared, same)
+    assert not torch.equal(shared, mixed)
+
+
+@pytest.mark.parametrize("classes, kwargs, message", [
+    (3, dict(temperature=0.0), "--temperature=0.0 is not allowed; must be > 0"),
+    (3, dict(temperature=-1.0), "--temperature=-1.0 is not allowed; must be > 0"),
+    (3, dict(top_k=17), r"--top-k=17 is not allowed; must be in 1..16 \(the prior's K\)"),
+    (3, dict(top_k=0), "--top-k=0 is not allowed; must be in 1..16"),
+    (3, dict(labels=5), "--label=5 is outside the prior's classes 0..2"),
+    (3, dict(labels=torch.tensor([0, -1])), "--label=-1 is outside the prior's classes 0..2"),
+    (3, dict(labels=torch.tensor([0, 1, 2])), r"labels have shape \(3,\); pass one int or 2 labels"),
+    (3, dict(labels=None), r"conditioned on 3 classes; pass --label \(0..2\)"),
+    (0, dict(labels=1), "this prior is unconditional; --label cannot be used"),
+])
+def test_bad_sampling_options_are_named(classes: int, kwargs: dict, message: str) -> None:
+    model = model_for((3, 3), classes)
+    for sampler in (sample, sample_naive):
+        with pytest.raises(UsageError, match=message):
+            sampler(model, 2, **{"labels": 0 if classes else None, **kwargs}, progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sampling_on_cuda_matches_the_full_model_there() -> None:
+    model = model_for((6, 10), 2, "cuda")
+    check_every_step(model, torch.randint(0, K, (4, 6, 10), device="cuda"), torch.tensor([0, 1, 1, 0], device="cuda"))
+    fast = sample(model, 4, 1, generator=torch.Generator("cuda").manual_seed(0), progress=False)
+    slow = sample_naive(model, 4, 1, generator=torch.Generator("cuda").manual_seed(0), progress=False)
+    assert fast.device.type == "cuda" and torch.equal(fast, slow)
+    with pytest.raises(UsageError, match="the generator is on cpu but the prior is on cuda"):
+        sample(model, 4, 1, generator=torch.Generator(), progress=False)
