@@ -188,12 +188,19 @@ class Trainer:
         if self.ctx.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        return model
+
+    def _first_step(self, model: nn.Module, batch: Any) -> tuple[nn.Module, StepResult]:
+        """Compile on request; torch.compile fails lazily, at the first call, so fall back there."""
         if self.config.compile:
             try:
-                model = torch.compile(model)
+                compiled = torch.compile(model)
+                with self._autocast():
+                    return compiled, self.task.step(compiled, batch, self.device)
             except Exception as err:  # noqa: BLE001 - any backend failure falls back to eager
-                warnings.warn(f"torch.compile is unavailable here ({err}); training without it")
-        return model
+                warnings.warn(f"torch.compile cannot work here ({type(err).__name__}: {err}); training without it")
+        with self._autocast():
+            return model, self.task.step(model, batch, self.device)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
@@ -218,6 +225,7 @@ class Trainer:
         """Train to config.steps; return the last evaluation and throughput."""
         self._resume()
         model = self._wrap()
+        first = self.step + 1
         model.train()
         evaluation: dict[str, float] = {}
         window = _Window(self.device)
@@ -227,8 +235,11 @@ class Trainer:
         with signals.installed(), bar:
             for batch in self._batches():
                 self.step += 1
-                with self._autocast():
-                    result = self.task.step(model, batch, self.device)
+                if self.step == first:
+                    model, result = self._first_step(model, batch)
+                else:
+                    with self._autocast():
+                        result = self.task.step(model, batch, self.device)
                 self._optimise(result.loss)
                 window.add(result, self.step)
                 extra = self.task.after_step(self.step)

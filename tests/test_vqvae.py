@@ -134,3 +134,18 @@ def test_empty_dataset_is_refused(tmp_path: Path) -> None:
     with pytest.raises(VQGenError, match="no images|empty"):
         empty = ImageDataset(torch.zeros(0, 1, 28, 28, dtype=torch.uint8), None, info)
         train_vqvae(VQVAEConfig.tiny(), TINY_TRAIN, empty, empty, tmp_path / "v", progress=False)
+
+
+def test_compile_that_fails_falls_back_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      digits: tuple[ImageDataset, ImageDataset]) -> None:
+    def broken_compile(model: torch.nn.Module) -> object:
+        def fails(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("no compiler backend")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    train, held_out = digits
+    with pytest.warns(UserWarning, match="torch.compile cannot work here.*no compiler backend"):
+        result = train_vqvae(VQVAEConfig.tiny(), replace(TINY_TRAIN, compile=True), train, held_out, tmp_path / "v",
+                             progress=False)
+    assert result["step"] == TINY_TRAIN.steps
