@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -15,15 +14,6 @@ from data.errors import UsageError, VQGenError
 from stage2_prior.config import PRESETS, PriorConfig
 from stage2_prior.layers import HorizontalConv, VerticalConv
 from stage2_prior.model import GatedPixelCNN
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from a second thread, and on a busy CPU its hand-offs cost milliseconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def dependency(model: GatedPixelCNN, grid: tuple[int, int], labels: torch.Tensor | None) -> torch.Tensor:

@@ -3,7 +3,6 @@ same codes naive or incremental, temperature and top_k do what they say, bad opt
 
 from __future__ import annotations
 
-from typing import Iterator
 
 import pytest
 import torch
@@ -15,15 +14,6 @@ from stage2_prior.sampling import IncrementalSampler, sample, sample_naive
 
 K = 16
 GRIDS = [((8, 8), 3), ((8, 8), 0), ((6, 10), 2), ((6, 10), 0), ((5, 1), 0)]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from a second thread, and on a busy CPU its hand-offs cost milliseconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def model_for(grid: tuple[int, int], classes: int, device: str = "cpu") -> GatedPixelCNN:
