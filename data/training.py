@@ -190,17 +190,19 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
         return model
 
+    def _step(self, model: nn.Module, batch: Any) -> StepResult:
+        with self._autocast():
+            return self.task.step(model, batch, self.device)
+
     def _first_step(self, model: nn.Module, batch: Any) -> tuple[nn.Module, StepResult]:
         """Compile on request; torch.compile fails lazily, at the first call, so fall back there."""
         if self.config.compile:
             try:
                 compiled = torch.compile(model)
-                with self._autocast():
-                    return compiled, self.task.step(compiled, batch, self.device)
+                return compiled, self._step(compiled, batch)
             except Exception as err:  # noqa: BLE001 - any backend failure falls back to eager
                 warnings.warn(f"torch.compile cannot work here ({type(err).__name__}: {err}); training without it")
-        with self._autocast():
-            return model, self.task.step(model, batch, self.device)
+        return model, self._step(model, batch)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
@@ -238,8 +240,7 @@ class Trainer:
                 if self.step == first:
                     model, result = self._first_step(model, batch)
                 else:
-                    with self._autocast():
-                        result = self.task.step(model, batch, self.device)
+                    result = self._step(model, batch)
                 self._optimise(result.loss)
                 window.add(result, self.step)
                 extra = self.task.after_step(self.step)

@@ -58,17 +58,15 @@ class Generator:
     @torch.no_grad()
     def sample(self, n: int, labels: int | torch.Tensor | None = None, temperature: float = 1.0,
                top_k: int | None = None, seed: int | None = None, progress: bool = True) -> Samples:
-        if n < 1:
-            raise UsageError(f"-n={n} is not allowed; must be >= 1")
         generator = torch.Generator(self.device)
         if seed is None:
             generator.seed()
         else:
             generator.manual_seed(seed)
-        label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.long).expand(n).clone()
-        codes = sample_codes(self.prior, n, labels=None if label_tensor is None else label_tensor.to(self.device),
-                             temperature=temperature, top_k=top_k, generator=generator, progress=progress)
+        codes = sample_codes(self.prior, n, labels=labels, temperature=temperature, top_k=top_k,
+                             generator=generator, progress=progress)  # checks n, labels and options
         images = self.vqvae.decode(codes).float().clamp(0, 1)
+        label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.long).cpu().expand(n).clone()
         return Samples(images.cpu(), codes.cpu(), label_tensor)
 
 

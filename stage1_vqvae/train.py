@@ -18,6 +18,7 @@ from data.runtime import seed_everything
 from data.training import StepResult, TrainConfig, Trainer
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.model import VQVAE
+from stage1_vqvae.quantizer import usage_stats
 
 EVAL_BATCH = 256
 
@@ -25,13 +26,6 @@ EVAL_BATCH = 256
 def psnr(mse: torch.Tensor | float) -> float:
     """Peak signal-to-noise ratio in dB for images in [0, 1]."""
     return -10.0 * math.log10(max(float(mse), 1e-12))
-
-
-def usage_stats(counts: torch.Tensor) -> tuple[float, float]:
-    """(perplexity, share of codes used) of a histogram of code counts (K,)."""
-    probs = counts.double() / counts.sum().clamp_min(1)
-    entropy = -(probs * probs.clamp_min(1e-30).log()).sum()
-    return float(entropy.exp()), float((counts > 0).double().mean())
 
 
 @torch.no_grad()
@@ -48,8 +42,8 @@ def evaluate_vqvae(model: VQVAE, data: Dataset, device: torch.device, limit: int
         pixels += images.numel()
         counts += torch.bincount(out.quantizer.indices.flatten(), minlength=counts.numel())
     mse = sq_error / max(pixels, 1)
-    perplexity, used = usage_stats(counts)
-    return {"mse": mse, "psnr": psnr(mse), "perplexity": perplexity, "codes_used": used}
+    perplexity, used = usage_stats(counts.double())
+    return {"mse": mse, "psnr": psnr(mse), "perplexity": float(perplexity), "codes_used": float(used)}
 
 
 class VQVAETask:
