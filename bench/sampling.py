@@ -7,6 +7,11 @@ Naive sampling runs the same full forward pass at every position, so its cost pe
 constant: where the whole grid would take longer than --naive-budget seconds, its first positions
 are timed and scaled by H*W / positions, and the record says so ("naive_extrapolated": true).
 
+On CUDA the full forward pass runs cuDNN convolutions, in TF32 unless torch is told otherwise, while
+the incremental sampler multiplies matrices in full fp32: their logits then differ by about 1e-3 and
+a draw near a boundary can pick another code. So the record gives the largest logit difference over
+every position beside `same_codes`, and the TF32 settings it ran under.
+
 Both samplers run on one CPU thread unless --threads says otherwise: on a shared machine a second
 OpenMP thread spins between operations and competes with other processes for the cores, so the
 figures would measure the scheduler, not the samplers (0 keeps torch's default).
@@ -26,7 +31,7 @@ from bench.common import emit, reference_rate, sync, timed
 from data.runtime import pick_device
 from stage2_prior.config import PriorConfig
 from stage2_prior.model import GatedPixelCNN
-from stage2_prior.sampling import NaiveSampler, draw, sample
+from stage2_prior.sampling import IncrementalSampler, NaiveSampler, draw, sample
 
 CLASSES = 10
 
@@ -70,6 +75,25 @@ def naive_run(model: GatedPixelCNN, labels: torch.Tensor, budget: float) -> tupl
     return seconds, position, codes.flatten(1)[:, :position]
 
 
+@torch.no_grad()
+def max_logit_diff(model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor) -> float:
+    """Largest |incremental - full| logit over every position of `codes`, fed to the sampler in order."""
+    sampler, full = IncrementalSampler(model, codes, labels), model(codes, labels)  # (B, K, H, W)
+    height, width = model.config.grid
+    gap = 0.0
+    for i in range(height):
+        for j in range(width):
+            gap = max(gap, float((sampler.logits(i, j) - full[:, :, i, j]).abs().max()))
+            sampler.commit(i, j, codes[:, i, j])
+    return gap
+
+
+def tf32(device: torch.device) -> dict[str, bool] | None:
+    if device.type != "cuda":
+        return None
+    return {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+
+
 def bench_sampling(config: PriorConfig, batch: int, budget: float, device: torch.device) -> None:
     torch.manual_seed(0)
     model = GatedPixelCNN(config).to(device).eval()
@@ -81,7 +105,8 @@ def bench_sampling(config: PriorConfig, batch: int, budget: float, device: torch
     emit({"bench": "prior_sampling", **described(config), "batch": batch, "naive_s": round(naive_s, 3),
           "naive_positions_timed": positions, "naive_extrapolated": positions < config.grid_height * config.grid_width,
           "incremental_s": round(t["seconds"], 3), "speedup": round(naive_s / t["seconds"], 1),
-          "same_codes": bool(torch.equal(fast.flatten(1)[:, :positions], slow))})
+          "same_codes": bool(torch.equal(fast.flatten(1)[:, :positions], slow)),
+          "max_logit_diff": max_logit_diff(model, fast, labels), "tf32": tf32(device)})
 
 
 def random_batches(config: PriorConfig, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

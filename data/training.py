@@ -7,6 +7,7 @@ devices, precision, torchrun, checkpoints, signals and non-finite losses lives h
 from __future__ import annotations
 
 import contextlib
+import inspect
 import signal
 import time
 import warnings
@@ -98,6 +99,14 @@ def saved_step(out_dir: str | Path) -> int:
     return int(load_tensors(path, what="training state")["step"]) if path.exists() else 0
 
 
+def _no_forward_buffer_sync() -> dict[str, bool]:
+    """The quantizer all-reduces its EMA statistics inside forward, so every rank already holds the
+    same buffers; DDP must not re-broadcast rank 0's at each forward. torch renamed the option
+    (broadcast_buffers -> forward_sync_buffers); older releases know only the first name."""
+    options = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in options else {"broadcast_buffers": False}
+
+
 class _StopSignals:
     """SIGTERM / Ctrl-C set a flag; the loop checkpoints, then stops (a second Ctrl-C stops at once)."""
 
@@ -184,11 +193,20 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def _wrap(self) -> nn.Module:
-        model = self.model
-        if self.ctx.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
-        return model
+        """DDP whose gradients live in its all-reduce buckets (gradient_as_bucket_view).
+
+        Gradients are created once, before wrapping, and zeroed in place after each step, so every
+        backward pass accumulates straight into the bucket: no copy, and no layout of a fresh
+        gradient (a conv backward may stride a size-1 dimension differently) that differs from it.
+        """
+        if not self.ctx.enabled:
+            return self.model
+        for p in self.model.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(self.model, device_ids=ids, gradient_as_bucket_view=True,
+                                                   **_no_forward_buffer_sync())
 
     def _step(self, model: nn.Module, batch: Any) -> StepResult:
         with self._autocast():
@@ -215,7 +233,7 @@ class Trainer:
         return iter(make_loader(data, batches, self.config.num_workers, self.device.type == "cuda"))
 
     def _optimise(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=not self.ctx.enabled)  # DDP: keep the bucket views
         self.scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)

@@ -35,7 +35,8 @@ def test_each_subcommand_end_to_end(tmp_path: Path, folder: Path, capsys: pytest
                  "--top-k", "3", "--seed", "1", "--out", run / "samples", "--device", "cpu") == 0
     codes = np.load(run / "samples" / "codes.npy", allow_pickle=False)
     assert codes.shape == (6, 4, 4) and len(list((run / "samples" / "images").glob("*.png"))) == 6
-    assert Image.open(run / "samples" / "grid.png").format == "PNG"
+    with Image.open(run / "samples" / "grid.png") as grid:
+        assert grid.format == "PNG"
     assert "6 samples written" in capsys.readouterr().out
 
 

@@ -1,4 +1,12 @@
-"""torchrun semantics on CPU: 2 gloo processes equal 1 process with the same global batch."""
+"""torchrun semantics on CPU: 2 gloo processes equal 1 process with the same global batch.
+
+"Equal" within what float arithmetic allows. Two ranks sum each gradient and each EMA statistic in
+another order than one process does; Adam divides by the root of tiny second moments, which turns
+that noise into steps of up to the learning rate, and a near-tie in the nearest-code search can flip
+one assignment. So weights are compared relative to how far training moved them: measured on this
+test's config, reduction-order noise is below 0.3% of the update, while a rank reading the wrong
+slice of the global batch, or EMA statistics left un-reduced, move tensors by 10-60% of it.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +22,7 @@ import torch.multiprocessing as mp
 
 from data.builtin import make_builtin
 from data.metrics import read_metrics
-from data.runtime import init_distributed
+from data.runtime import init_distributed, seed_everything
 from data.training import TrainConfig
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.export import export_latents
@@ -23,6 +31,8 @@ from stage1_vqvae.train import train_vqvae
 
 CONFIG = VQVAEConfig.tiny(kmeans_init=True, restart_every=2, restart_threshold=0.5)
 TRAIN = TrainConfig(steps=4, batch_size=8, lr=1e-3, log_every=1, eval_every=4, checkpoint_every=2, device="cpu")
+# Largest tolerated |two - one| / |one - initial| per tensor: 10x the noise, a tenth of a real bug.
+DRIFT = 0.02
 
 
 def _free_port() -> int:
@@ -56,15 +66,27 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return single, double
 
 
+def initial_state() -> dict[str, torch.Tensor]:
+    """The weights train_vqvae starts from (it seeds, then builds the model)."""
+    seed_everything(TRAIN.seed)
+    return VQVAE(CONFIG).state_dict()
+
+
 def test_two_processes_match_one_with_the_same_global_batch(runs: tuple[Path, Path]) -> None:
     single, double = runs
     one, two = VQVAE.from_pretrained(single / "vqvae").state_dict(), VQVAE.from_pretrained(double / "vqvae").state_dict()
-    assert one.keys() == two.keys()
+    initial = initial_state()
+    assert one.keys() == two.keys() == initial.keys()
     for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=f"{key} differs")
+        if not one[key].is_floating_point():
+            assert torch.equal(two[key], one[key]), key
+            continue
+        moved = float((one[key] - initial[key]).norm())
+        drift = float((two[key] - one[key]).norm())
+        assert drift <= DRIFT * moved + 1e-6, f"{key}: 2 ranks differ from 1 by {drift:.3g}, training moved it {moved:.3g}"
     losses = [[r["loss"] for r in read_metrics(d / "vqvae" / "metrics.jsonl") if r["split"] == "train"]
               for d in (single, double)]
-    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-3)  # a wrong batch slice is off by ~4%
 
 
 def test_checkpoint_is_saved_unwrapped(runs: tuple[Path, Path]) -> None:

@@ -98,7 +98,7 @@ def test_killed_export_leaves_nothing_that_looks_complete(tmp_path: Path) -> Non
         time.sleep(0.01)
     time.sleep(0.5)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.communicate()
     assert not (tmp_path / "latents").exists()
     finish([*args, str(tmp_path / "latents")])
     finish([*args, str(tmp_path / "clean")])

@@ -3,6 +3,7 @@ same codes naive or incremental, temperature and top_k do what they say, bad opt
 
 from __future__ import annotations
 
+from typing import Iterator
 
 import pytest
 import torch
@@ -119,8 +120,18 @@ def test_bad_sampling_options_are_named(classes: int, kwargs: dict, message: str
             sampler(model, 2, **{"labels": 0 if classes else None, **kwargs}, progress=False)
 
 
+@pytest.fixture
+def full_fp32_on_cuda() -> Iterator[None]:
+    """cuDNN convolutions default to TF32 (10-bit mantissa) while the sampler's matrix products run in
+    fp32; an equality claim needs both in fp32."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_sampling_on_cuda_matches_the_full_model_there() -> None:
+def test_sampling_on_cuda_matches_the_full_model_there(full_fp32_on_cuda: None) -> None:
     model = model_for((6, 10), 2, "cuda")
     check_every_step(model, torch.randint(0, K, (4, 6, 10), device="cuda"), torch.tensor([0, 1, 1, 0], device="cuda"))
     fast = sample(model, 4, 1, generator=torch.Generator("cuda").manual_seed(0), progress=False)
