@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from data.runtime import machine
+from vqgen.engine.runtime import machine
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -71,7 +71,7 @@ def reference_rate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, ...]]
 def trainer_rate(metrics_path: Any, key: str) -> float:
     """Items/s of our trainer from its metrics.jsonl, leaving out the first window (warm-up),
     as `reference_rate` leaves out its first two steps."""
-    from data.metrics import read_metrics
+    from vqgen.engine.metrics_log import read_metrics
 
     rates = [r[key] for r in read_metrics(metrics_path) if r.get("split") == "train"][1:]
     return len(rates) / sum(1 / rate for rate in rates)

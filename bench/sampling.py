@@ -27,11 +27,11 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from bench.common import emit, reference_rate, sync, timed
-from data.runtime import pick_device
-from stage2_prior.config import PriorConfig
-from stage2_prior.model import GatedPixelCNN
-from stage2_prior.sampling import IncrementalSampler, NaiveSampler, draw, sample
+from .common import emit, reference_rate, sync, timed
+from vqgen.engine.runtime import pick_device
+from vqgen.stage2_prior.config import PriorConfig
+from vqgen.stage2_prior.model import GatedPixelCNN
+from vqgen.stage2_prior.sampling import IncrementalSampler, NaiveSampler, draw, sample
 
 CLASSES = 10
 

@@ -15,15 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.common import bench_parser, emit, reference_rate, timed, trainer_rate
-from bench.memory import peak_mib, reset_peak
-from data.images import DatasetInfo, ImageDataset
-from data.runtime import pick_device
-from data.training import TrainConfig
-from stage1_vqvae.config import VQVAEConfig
-from stage1_vqvae.export import export_latents
-from stage1_vqvae.model import VQVAE
-from stage1_vqvae.train import train_vqvae
+from .common import bench_parser, emit, reference_rate, timed, trainer_rate
+from .memory import peak_mib, reset_peak
+from vqgen.data.images import DatasetInfo, ImageDataset
+from vqgen.engine.runtime import pick_device
+from vqgen.engine.trainer import TrainConfig
+from vqgen.stage1_vqvae.config import VQVAEConfig
+from vqgen.stage1_vqvae.export import export_latents
+from vqgen.stage1_vqvae.model import VQVAE
+from vqgen.stage1_vqvae.train import train_vqvae
 
 
 def synthetic(count: int, size: int, channels: int) -> ImageDataset:

@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.common import bench_parser, emit, reference_rate, trainer_rate
-from bench.memory import peak_mib, reset_peak
-from data.latents import LatentManifest, LatentWriter
-from data.runtime import pick_device
-from data.training import TrainConfig
-from stage2_prior.config import PriorConfig
-from stage2_prior.model import GatedPixelCNN
-from stage2_prior.train import train_prior
+from .common import bench_parser, emit, reference_rate, trainer_rate
+from .memory import peak_mib, reset_peak
+from vqgen.data.latents import LatentManifest, LatentWriter
+from vqgen.engine.runtime import pick_device
+from vqgen.engine.trainer import TrainConfig
+from vqgen.stage2_prior.config import PriorConfig
+from vqgen.stage2_prior.model import GatedPixelCNN
+from vqgen.stage2_prior.train import train_prior
 
 
 def write_latents(directory: Path, count: int, grid: int, k: int) -> Path:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from data.errors import UsageError
-from data.images import DatasetInfo, ImageDataset
+from vqgen.engine.errors import UsageError
+from vqgen.data.images import DatasetInfo, ImageDataset
 
 SIZE = 28  # MNIST's size, so presets tuned on one suit the other
 CANVAS = 56  # drawing room: rotation and shear never clip the digit

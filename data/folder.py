@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.errors import UsageError, VQGenError
-from data.images import SPLITS, DatasetInfo, ImageDataset
+from vqgen.engine.errors import UsageError, VQGenError
+from vqgen.data.images import SPLITS, DatasetInfo, ImageDataset
 
 EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16")

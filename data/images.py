@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.errors import UsageError, VQGenError
+from vqgen.engine.errors import UsageError, VQGenError
 
 TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 DATASETS = ("builtin", *TORCHVISION)
@@ -123,11 +123,11 @@ def open_dataset(name: str, split: str = "train", root: str | None = None, downl
     if size is not None and name in DATASETS:
         raise UsageError(f"--image-size resizes a folder of images; {name} has a fixed size, drop the option")
     if name == "builtin":
-        from data.builtin import make_builtin  # builtin builds on this module
+        from vqgen.data.builtin import make_builtin  # builtin builds on this module
 
         return make_builtin(split, seed)
     if name in TORCHVISION:
         return _torchvision(name, split, root, download)
-    from data.folder import open_folder  # folder builds on this module
+    from vqgen.data.folder import open_folder  # folder builds on this module
 
     return open_folder(Path(name), split, size)

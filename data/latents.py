@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.errors import VQGenError
-from data.files import read_json, write_json
+from vqgen.engine.errors import VQGenError
+from vqgen.engine.files import read_json, write_json
 
 FORMAT = "vqgen-latents"
 VERSION = 1

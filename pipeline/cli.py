@@ -9,22 +9,35 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from data.errors import UsageError, VQGenError
-from data.images import DATASETS, open_dataset
-from data.training import TrainConfig
-from pipeline.options import add_config_options, config_from_args
-from pipeline.presets import RUN_PRESETS
-from stage1_vqvae.config import PRESETS as VQVAE_PRESETS
-from stage1_vqvae.config import VQVAEConfig
-from stage2_prior.config import PRESETS as PRIOR_PRESETS
-from stage2_prior.config import PriorConfig
+from vqgen import __version__
+from vqgen.engine.errors import UsageError, VQGenError
+from vqgen.engine.runtime import describe_machine
+from vqgen.data.images import DATASETS, open_dataset
+from vqgen.engine.trainer import TrainConfig
+from vqgen.pipeline.options import add_config_options, config_from_args
+from vqgen.pipeline.presets import RUN_PRESETS
+from vqgen.stage1_vqvae.config import PRESETS as VQVAE_PRESETS
+from vqgen.stage1_vqvae.config import VQVAEConfig
+from vqgen.stage2_prior.config import PRESETS as PRIOR_PRESETS
+from vqgen.stage2_prior.config import PriorConfig
 
 IMAGE_FIELDS = ("in_channels", "image_height", "image_width")
 LATENT_FIELDS = ("codebook_size", "grid_height", "grid_width", "num_classes")
 SHARED_TRAIN = ("seed", "device", "precision", "compile", "num_workers")
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+class _PrintVersion(argparse.Action):
+    """Like argparse's "version" action, without wrapping the line at the terminal's width."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(f"vqgen {__version__} ({describe_machine()})")
+        parser.exit()
 
 
 def _positive(name: str) -> Callable[[str], int]:
@@ -56,6 +69,7 @@ def _add_train(parser: argparse.ArgumentParser, prefix: str = "", skip: Sequence
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqgen", description="VQ-VAE + gated PixelCNN prior: train, "
                                      "export latents, sample images.")
+    parser.add_argument("--version", action=_PrintVersion, help="print vqgen's version and the machine, then exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train-vqvae", help="train a VQ-VAE on images")
@@ -115,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_vqvae(args: argparse.Namespace) -> None:
-    from stage1_vqvae.train import train_vqvae
+    from vqgen.stage1_vqvae.train import train_vqvae
 
     train_config = config_from_args(args, TrainConfig())
     base = VQVAE_PRESETS[args.preset]()
@@ -129,9 +143,10 @@ def _train_vqvae(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from data.runtime import init_distributed, local_device, pick_device
-    from stage1_vqvae.export import export_latents
-    from stage1_vqvae.model import VQVAE
+    from vqgen.engine.distributed import init_distributed, local_device
+    from vqgen.engine.runtime import pick_device
+    from vqgen.stage1_vqvae.export import export_latents
+    from vqgen.stage1_vqvae.model import VQVAE
 
     device = pick_device(args.device)
     ctx = init_distributed(device)
@@ -153,7 +168,7 @@ def _eval_latents(args: argparse.Namespace) -> Path:
 
 
 def _train_prior(args: argparse.Namespace) -> None:
-    from stage2_prior.train import train_prior
+    from vqgen.stage2_prior.train import train_prior
 
     train_config = config_from_args(args, TrainConfig())
     config = config_from_args(args, PRIOR_PRESETS[args.preset]())
@@ -163,7 +178,7 @@ def _train_prior(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from pipeline.generate import Generator, save_samples
+    from vqgen.pipeline.generate import Generator, save_samples
 
     if args.temperature <= 0:
         raise UsageError(f"--temperature={args.temperature} is not allowed; must be > 0")
@@ -178,7 +193,7 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from pipeline.run import RunSpec, run
+    from vqgen.pipeline.run import RunSpec, run
 
     preset = RUN_PRESETS[args.preset]()
     shared = config_from_args(args, preset.vqvae_train)
@@ -208,7 +223,7 @@ COMMANDS = {"train-vqvae": _train_vqvae, "export": _export, "train-prior": _trai
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `vqgen` console script and `python -m pipeline`."""
+    """Entry point of the `vqgen` console script and `python -m vqgen`."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -7,13 +7,13 @@ from typing import NamedTuple
 
 import torch
 
-from data.errors import UsageError, VQGenError
-from data.files import save_array
-from data.grids import save_grid
-from data.runtime import pick_device
-from stage1_vqvae.model import VQVAE
-from stage2_prior.model import GatedPixelCNN
-from stage2_prior.sampling import sample as sample_codes
+from vqgen.engine.errors import UsageError, VQGenError
+from vqgen.engine.files import save_array
+from vqgen.engine.grids import save_grid
+from vqgen.engine.runtime import pick_device
+from vqgen.stage1_vqvae.model import VQVAE
+from vqgen.stage2_prior.model import GatedPixelCNN
+from vqgen.stage2_prior.sampling import sample as sample_codes
 
 
 class Samples(NamedTuple):

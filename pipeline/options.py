@@ -11,8 +11,8 @@ import dataclasses
 import typing
 from typing import Any, Iterable, TypeVar
 
-from data.configs import _is_optional, field_types, parse_field
-from data.errors import UsageError
+from vqgen.engine.configs import _is_optional, field_types, parse_field
+from vqgen.engine.errors import UsageError
 
 C = TypeVar("C")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from data.files import atomic_write
+from vqgen.engine.files import atomic_write
 
 Series = list[tuple[float, float]]
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (127, 127, 127), (148, 103, 189)]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from data.training import TrainConfig
-from stage1_vqvae.config import VQVAEConfig
-from stage2_prior.config import PriorConfig
+from vqgen.engine.trainer import TrainConfig
+from vqgen.stage1_vqvae.config import VQVAEConfig
+from vqgen.stage2_prior.config import PriorConfig
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data.files import read_json, write_json
-from data.latents import read_manifest
-from data.metrics import read_metrics
-from data.runtime import machine
-from pipeline.plots import Series, plot_curves
+from vqgen.engine.files import read_json, write_json
+from vqgen.data.latents import read_manifest
+from vqgen.engine.metrics_log import read_metrics
+from vqgen.engine.runtime import machine
+from vqgen.pipeline.plots import Series, plot_curves
 
 
 def _series(records: list[dict[str, Any]], split: str, key: str) -> Series:

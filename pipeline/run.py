@@ -15,23 +15,24 @@ from typing import Any, Iterator
 
 import torch
 
-from data.checkpoint import WEIGHTS_FILE
-from data.configs import config_from_dict
-from data.errors import VQGenError
-from data.files import read_json, write_json
-from data.images import ImageDataset, open_dataset
-from data.latents import MANIFEST, read_manifest
-from data.runtime import Dist, barrier, init_distributed, local_device, pick_device
-from data.training import TrainConfig, saved_step
-from pipeline.generate import Generator, save_samples
-from pipeline.report import write_report
-from stage1_vqvae.config import VQVAEConfig
-from stage1_vqvae.export import export_latents, file_sha256
-from stage1_vqvae.model import VQVAE
-from stage1_vqvae.train import train_vqvae
-from stage2_prior.config import PriorConfig
-from stage2_prior.model import GatedPixelCNN
-from stage2_prior.train import train_prior
+from vqgen.engine.checkpoint import WEIGHTS_FILE
+from vqgen.engine.configs import config_from_dict
+from vqgen.engine.errors import VQGenError
+from vqgen.engine.files import read_json, write_json
+from vqgen.data.images import ImageDataset, open_dataset
+from vqgen.data.latents import MANIFEST, read_manifest
+from vqgen.engine.distributed import Dist, barrier, init_distributed, local_device
+from vqgen.engine.runtime import pick_device
+from vqgen.engine.trainer import TrainConfig, saved_step
+from vqgen.pipeline.generate import Generator, save_samples
+from vqgen.pipeline.report import write_report
+from vqgen.stage1_vqvae.config import VQVAEConfig
+from vqgen.stage1_vqvae.export import export_latents, file_sha256
+from vqgen.stage1_vqvae.model import VQVAE
+from vqgen.stage1_vqvae.train import train_vqvae
+from vqgen.stage2_prior.config import PriorConfig
+from vqgen.stage2_prior.model import GatedPixelCNN
+from vqgen.stage2_prior.train import train_prior
 
 RUN_FILE = "run.json"
 # Options that may differ when a run is resumed: they change how it runs, not what it computes.

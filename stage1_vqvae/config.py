@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal
 
-from data.configs import require
-from stage1_vqvae.quantizer import QuantizerConfig
+from vqgen.engine.configs import require
+from vqgen.stage1_vqvae.quantizer import QuantizerConfig
 
 
 @dataclass(frozen=True)

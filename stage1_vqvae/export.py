@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data.checkpoint import WEIGHTS_FILE
-from data.images import ImageDataset
-from data.latents import LatentManifest, LatentWriter
-from data.runtime import Dist, barrier, broadcast_object
-from stage1_vqvae.model import VQVAE
+from vqgen.engine.checkpoint import WEIGHTS_FILE
+from vqgen.data.images import ImageDataset
+from vqgen.data.latents import LatentManifest, LatentWriter
+from vqgen.engine.distributed import Dist, barrier, broadcast_object
+from vqgen.stage1_vqvae.model import VQVAE
 
 
 def file_sha256(path: Path) -> str:

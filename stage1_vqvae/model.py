@@ -7,10 +7,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from data.checkpoint import Pretrained
-from data.errors import VQGenError
-from stage1_vqvae.config import VQVAEConfig
-from stage1_vqvae.quantizer import QuantizerOutput, build_quantizer
+from vqgen.engine.checkpoint import Pretrained
+from vqgen.engine.errors import VQGenError
+from vqgen.stage1_vqvae.config import VQVAEConfig
+from vqgen.stage1_vqvae.quantizer import QuantizerOutput, build_quantizer
 
 
 class ResidualBlock(nn.Module):

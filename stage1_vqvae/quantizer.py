@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from data.configs import require
+from vqgen.engine.configs import require
+from vqgen.engine.distributed import all_reduce_sum, broadcast_, gather_rows
 
 
 @dataclass(frozen=True)
@@ -62,35 +62,6 @@ class QuantizerOutput(NamedTuple):
     commitment_loss: torch.Tensor  # ||z - sg[e]||^2, unscaled
     perplexity: torch.Tensor       # exp(entropy of this batch's code usage)
     usage: torch.Tensor            # share of the K codes used at least once in this batch
-
-
-# ---- torch.distributed helpers: identity when not running under torchrun -------------------------
-def _is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if _is_distributed():
-        dist.all_reduce(t)
-    return t
-
-
-def _gather_rows(x: torch.Tensor) -> torch.Tensor:
-    """(N, d) per rank -> (world * N, d) in rank order (ranks hold equal batches)."""
-    if not _is_distributed():
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
-
-
-def _broadcast(t: torch.Tensor) -> None:
-    if _is_distributed():
-        dist.broadcast(t, src=0)
-
-
-def _is_main() -> bool:
-    return not _is_distributed() or dist.get_rank() == 0
 
 
 # ---- search ------------------------------------------------------------------------------------
@@ -170,7 +141,7 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
             indices = nearest(flat.detach(), self._codes().detach())  # (N,)
             counts = torch.bincount(indices, minlength=self.config.codebook_size).float()  # (K,)
             if self.training:  # ranks train in lockstep; in eval (rank-0 evaluation, export) they do not
-                counts = _all_reduce_sum(counts)
+                counts = all_reduce_sum(counts)
             if self.training:
                 self._update(flat.detach(), indices, counts)
             codes = self._codes()[indices]  # (N, d)
@@ -206,9 +177,9 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
             self._ready = bool(self.initialized)
         if self._ready:
             return
-        data = _gather_rows(flat)
+        data = gather_rows(flat)
         centres = kmeans(data, self.config.codebook_size, self.config.kmeans_iters)
-        _broadcast(centres)
+        broadcast_(centres)
         self._set_codes(torch.arange(self.config.codebook_size, device=flat.device), centres)
         self.initialized.fill_(True)
         self._ready = True
@@ -221,9 +192,9 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
         dead = (self.usage_ema < self.config.restart_threshold).nonzero().flatten()  # (M,)
         if dead.numel() == 0:
             return 0
-        candidates = _gather_rows(self._recent)  # (N, d)
+        candidates = gather_rows(self._recent)  # (N, d)
         picks = candidates[torch.randint(0, candidates.shape[0], (dead.numel(),), device=candidates.device)]
-        _broadcast(picks)
+        broadcast_(picks)
         self._set_codes(dead, picks)
         return int(dead.numel())
 
@@ -262,7 +233,7 @@ class EMAQuantizer(Quantizer):
 
     def _update(self, flat: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
         decay, eps, k = self.config.decay, self.config.eps, self.config.codebook_size
-        sums = _all_reduce_sum(torch.zeros_like(self.embed_avg).index_add_(0, indices, flat))  # (K, d)
+        sums = all_reduce_sum(torch.zeros_like(self.embed_avg).index_add_(0, indices, flat))  # (K, d)
         self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
         self.embed_avg.mul_(decay).add_(sums, alpha=1 - decay)
         n = self.cluster_size.sum()

@@ -11,14 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from data.errors import VQGenError
-from data.grids import save_grid
-from data.images import ImageDataset, check_divisible
-from data.runtime import seed_everything
-from data.training import StepResult, TrainConfig, Trainer
-from stage1_vqvae.config import VQVAEConfig
-from stage1_vqvae.model import VQVAE
-from stage1_vqvae.quantizer import usage_stats
+from vqgen.engine.errors import VQGenError
+from vqgen.engine.grids import save_grid
+from vqgen.data.images import ImageDataset, check_divisible
+from vqgen.engine.runtime import seed_everything
+from vqgen.engine.trainer import StepResult, TrainConfig, Trainer
+from vqgen.stage1_vqvae.config import VQVAEConfig
+from vqgen.stage1_vqvae.model import VQVAE
+from vqgen.stage1_vqvae.quantizer import usage_stats
 
 EVAL_BATCH = 256
 

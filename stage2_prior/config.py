@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from data.configs import require
+from vqgen.engine.configs import require
 
 
 @dataclass(frozen=True)

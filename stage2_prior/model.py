@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from data.checkpoint import Pretrained
-from data.errors import VQGenError
-from stage2_prior.config import PriorConfig
-from stage2_prior.layers import GatedBlock
+from vqgen.engine.checkpoint import Pretrained
+from vqgen.engine.errors import VQGenError
+from vqgen.stage2_prior.config import PriorConfig
+from vqgen.stage2_prior.layers import GatedBlock
 
 
 class GatedPixelCNN(nn.Module, Pretrained):

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm import tqdm
 
-from data.errors import UsageError
-from stage2_prior.layers import GatedBlock, gate
-from stage2_prior.model import GatedPixelCNN
+from vqgen.engine.errors import UsageError
+from vqgen.stage2_prior.layers import GatedBlock, gate
+from vqgen.stage2_prior.model import GatedPixelCNN
 
 Labels = int | torch.Tensor | None
 

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from data.latents import LatentDataset
-from data.runtime import seed_everything
-from data.training import StepResult, TrainConfig, Trainer
-from stage2_prior.config import PriorConfig
-from stage2_prior.model import GatedPixelCNN
+from vqgen.data.latents import LatentDataset
+from vqgen.engine.runtime import seed_everything
+from vqgen.engine.trainer import StepResult, TrainConfig, Trainer
+from vqgen.stage2_prior.config import PriorConfig
+from vqgen.stage2_prior.model import GatedPixelCNN
 
 EVAL_BATCH = 256
 

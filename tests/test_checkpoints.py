@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.errors import VQGenError
-from data.files import atomic_write, load_tensors
-from stage1_vqvae.config import VQVAEConfig
-from stage1_vqvae.model import VQVAE
+from vqgen.engine.errors import VQGenError
+from vqgen.engine.files import atomic_write, load_tensors
+from vqgen.stage1_vqvae.config import VQVAEConfig
+from vqgen.stage1_vqvae.model import VQVAE
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.training import Trainer
-from pipeline.cli import main
+from vqgen.engine.trainer import Trainer
+from vqgen.pipeline.cli import main
 
 TINY_VQVAE = ["--preset", "tiny", "--steps", "4", "--batch-size", "8", "--eval-every", "2", "--device", "cpu"]
 TINY_PRIOR = ["--preset", "tiny", "--steps", "4", "--batch-size", "8", "--eval-every", "2", "--device", "cpu"]

@@ -20,14 +20,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from data.builtin import make_builtin
-from data.metrics import read_metrics
-from data.runtime import init_distributed, seed_everything
-from data.training import TrainConfig
-from stage1_vqvae.config import VQVAEConfig
-from stage1_vqvae.export import export_latents
-from stage1_vqvae.model import VQVAE
-from stage1_vqvae.train import train_vqvae
+from vqgen.data.builtin import make_builtin
+from vqgen.engine.metrics_log import read_metrics
+from vqgen.engine.distributed import init_distributed
+from vqgen.engine.runtime import seed_everything
+from vqgen.engine.trainer import TrainConfig
+from vqgen.stage1_vqvae.config import VQVAEConfig
+from vqgen.stage1_vqvae.export import export_latents
+from vqgen.stage1_vqvae.model import VQVAE
+from vqgen.stage1_vqvae.train import train_vqvae
 
 CONFIG = VQVAEConfig.tiny(kmeans_init=True, restart_every=2, restart_threshold=0.5)
 TRAIN = TrainConfig(steps=4, batch_size=8, lr=1e-3, log_every=1, eval_every=4, checkpoint_every=2, device="cpu")

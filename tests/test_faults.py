@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from data.errors import VQGenError
-from data.files import load_tensors, read_json
-from data.metrics import read_metrics
-from data.training import TrainConfig, saved_step
-from stage1_vqvae.config import VQVAEConfig
-from stage1_vqvae.model import VQVAE
+from vqgen.engine.errors import VQGenError
+from vqgen.engine.files import load_tensors, read_json
+from vqgen.engine.metrics_log import read_metrics
+from vqgen.engine.trainer import TrainConfig, saved_step
+from vqgen.stage1_vqvae.config import VQVAEConfig
+from vqgen.stage1_vqvae.model import VQVAE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,7 @@ def train_args(folder: Path, out: Path) -> list[str]:
 
 def start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "vqgen", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -107,9 +107,9 @@ def test_killed_export_leaves_nothing_that_looks_complete(tmp_path: Path) -> Non
 
 
 def test_unwritable_checkpoint_path_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from data import files
-    from data.builtin import make_builtin
-    from stage1_vqvae.train import train_vqvae
+    from vqgen.engine import files
+    from vqgen.data.builtin import make_builtin
+    from vqgen.stage1_vqvae.train import train_vqvae
 
     train, held_out = make_builtin("train", seed=0, count=32), make_builtin("test", seed=0, count=8)
     config = TrainConfig(steps=6, batch_size=8, log_every=1, checkpoint_every=2, eval_every=100, device="cpu")

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from data.builtin import make_builtin
-from data.errors import UsageError, VQGenError
-from data.folder import open_folder
-from data.images import DatasetInfo, check_divisible, open_dataset
+from vqgen.data.builtin import make_builtin
+from vqgen.engine.errors import UsageError, VQGenError
+from vqgen.data.folder import open_folder
+from vqgen.data.images import DatasetInfo, check_divisible, open_dataset
 
 
 def _save(path: Path, image: Image.Image) -> Path:

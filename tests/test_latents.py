@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.errors import VQGenError
-from data.latents import LatentDataset, LatentManifest, LatentWriter, code_dtype, read_manifest
+from vqgen.engine.errors import VQGenError
+from vqgen.data.latents import LatentDataset, LatentManifest, LatentWriter, code_dtype, read_manifest
 
 
 def write_latents(target: Path, codes: np.ndarray, labels: np.ndarray | None, k: int,

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data.errors import UsageError, VQGenError
-from stage2_prior.config import PRESETS, PriorConfig
-from stage2_prior.layers import HorizontalConv, VerticalConv
-from stage2_prior.model import GatedPixelCNN
+from vqgen.engine.errors import UsageError, VQGenError
+from vqgen.stage2_prior.config import PRESETS, PriorConfig
+from vqgen.stage2_prior.layers import HorizontalConv, VerticalConv
+from vqgen.stage2_prior.model import GatedPixelCNN
 
 
 def dependency(model: GatedPixelCNN, grid: tuple[int, int], labels: torch.Tensor | None) -> torch.Tensor:

@@ -8,10 +8,10 @@ from typing import Iterator
 import pytest
 import torch
 
-from data.errors import UsageError
-from stage2_prior.config import PriorConfig
-from stage2_prior.model import GatedPixelCNN
-from stage2_prior.sampling import IncrementalSampler, sample, sample_naive
+from vqgen.engine.errors import UsageError
+from vqgen.stage2_prior.config import PriorConfig
+from vqgen.stage2_prior.model import GatedPixelCNN
+from vqgen.stage2_prior.sampling import IncrementalSampler, sample, sample_naive
 
 K = 16
 GRIDS = [((8, 8), 3), ((8, 8), 0), ((6, 10), 2), ((6, 10), 0), ((5, 1), 0)]

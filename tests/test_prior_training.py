@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from data.errors import VQGenError
-from data.latents import LatentManifest, LatentWriter
-from data.metrics import read_metrics
-from data.training import TrainConfig
-from stage2_prior.config import PriorConfig
-from stage2_prior.model import GatedPixelCNN
-from stage2_prior.train import train_prior
+from vqgen.engine.errors import VQGenError
+from vqgen.data.latents import LatentManifest, LatentWriter
+from vqgen.engine.metrics_log import read_metrics
+from vqgen.engine.trainer import TrainConfig
+from vqgen.stage2_prior.config import PriorConfig
+from vqgen.stage2_prior.model import GatedPixelCNN
+from vqgen.stage2_prior.train import train_prior
 
 
 def structured_latents(directory: Path, count: int, seed: int) -> Path:

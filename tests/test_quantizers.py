@@ -6,8 +6,8 @@ import pytest
 import torch
 from einops import rearrange
 
-from data.errors import UsageError
-from stage1_vqvae.quantizer import QuantizerConfig, build_quantizer, kmeans
+from vqgen.engine.errors import UsageError
+from vqgen.stage1_vqvae.quantizer import QuantizerConfig, build_quantizer, kmeans
 
 VARIANTS = [dict(kind=k, cosine=c, lookup_dim=d) for k in ("ema", "straight_through")
             for c in (False, True) for d in (None, 3)]

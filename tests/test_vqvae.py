@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from data.builtin import make_builtin
-from data.errors import UsageError, VQGenError
-from data.images import DatasetInfo, ImageDataset
-from data.latents import LatentDataset
-from data.metrics import read_metrics
-from data.training import TrainConfig
-from stage1_vqvae.config import VQVAEConfig
-from stage1_vqvae.export import export_latents
-from stage1_vqvae.model import VQVAE
-from stage1_vqvae.train import train_vqvae
+from vqgen.data.builtin import make_builtin
+from vqgen.engine.errors import UsageError, VQGenError
+from vqgen.data.images import DatasetInfo, ImageDataset
+from vqgen.data.latents import LatentDataset
+from vqgen.engine.metrics_log import read_metrics
+from vqgen.engine.trainer import TrainConfig
+from vqgen.stage1_vqvae.config import VQVAEConfig
+from vqgen.stage1_vqvae.export import export_latents
+from vqgen.stage1_vqvae.model import VQVAE
+from vqgen.stage1_vqvae.train import train_vqvae
 
 TINY_TRAIN = TrainConfig(steps=6, batch_size=8, lr=1e-3, log_every=1, eval_every=3, checkpoint_every=3,
                          device="cpu")

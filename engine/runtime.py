@@ -1,18 +1,19 @@
-"""Device choice, seeding, RNG snapshots and the torch.distributed context both stages share."""
+"""Device choice, seeding, RNG snapshots, and a description of the machine for every figure."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
-from dataclasses import dataclass
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from data.errors import UsageError
+from vqgen.engine.errors import UsageError
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -47,61 +48,34 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-@dataclass(frozen=True)
-class Dist:
-    """Where this process sits in a torchrun job (rank 0 of 1 when run plainly)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Dist:
-    """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        torch.cuda.set_device(local_rank)
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank)
-
-
-def local_device(device: torch.device, ctx: Dist) -> torch.device:
-    return torch.device("cuda", ctx.local_rank) if device.type == "cuda" else device
-
-
-def barrier(ctx: Dist) -> None:
-    if ctx.enabled:
-        dist.barrier()
-
-
-def broadcast_object(obj: Any, ctx: Dist) -> Any:
-    """Rank 0's value on every rank (used for errors and stop flags, so all ranks stop together)."""
-    if not ctx.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def cpu_model() -> str:
+    """The CPU's marketing name where Linux or macOS tells it (platform.processor() is often empty)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        name = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+        if name:
+            return name
+    return platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, Any]:
     """What a figure was measured on; every benchmark and report carries it."""
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+
+
+def describe_machine() -> str:
+    """One line for `vqgen --version` and CI logs: where a result came from."""
+    m = machine()
+    return (f"torch {m['torch']}, Python {m['python']}, CPU {m['cpu']} ({m['cores']} cores), "
+            f"GPU {m['gpu'] or 'none'}")

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from data.errors import VQGenError
+from vqgen.engine.errors import VQGenError
 
 
 def _fsync_dir(path: Path) -> None:

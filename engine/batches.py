@@ -12,8 +12,8 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from data.errors import UsageError
-from data.runtime import Dist
+from vqgen.engine.errors import UsageError
+from vqgen.engine.distributed import Dist
 
 
 def passthrough(batch: Any) -> Any:

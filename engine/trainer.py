@@ -19,14 +19,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from data.checkpoint import Pretrained, load_state_into, unwrap, write_config
-from data.configs import config_from_dict, config_to_dict, require
-from data.errors import VQGenError
-from data.files import load_tensors, read_json, save_tensors, write_json
-from data.loader import ResumableBatches, make_loader
-from data.metrics import MetricsLog
-from data.runtime import (Dist, barrier, broadcast_object, init_distributed, local_device, pick_device,
-                          rng_state, set_rng_state)
+from vqgen.engine.batches import ResumableBatches, make_loader
+from vqgen.engine.checkpoint import Pretrained, load_state_into, unwrap, write_config
+from vqgen.engine.configs import config_from_dict, config_to_dict, require
+from vqgen.engine.distributed import Dist, barrier, broadcast_object, init_distributed, local_device
+from vqgen.engine.errors import VQGenError
+from vqgen.engine.files import load_tensors, read_json, save_tensors, write_json
+from vqgen.engine.metrics_log import MetricsLog
+from vqgen.engine.runtime import pick_device, rng_state, set_rng_state
 
 STATE_FILE = "state.pt"
 TRAIN_CONFIG_FILE = "train_config.json"

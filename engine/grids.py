@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from data.files import atomic_write
+from vqgen.engine.files import atomic_write
 
 
 def to_pil(images: torch.Tensor, nrow: int) -> Image.Image:

@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from data.errors import VQGenError
-from data.files import atomic_write
+from vqgen.engine.errors import VQGenError
+from vqgen.engine.files import atomic_write
 
 
 def _plain(value: Any) -> Any:

@@ -11,7 +11,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from data.errors import UsageError, VQGenError
+from vqgen.engine.errors import UsageError, VQGenError
 
 C = TypeVar("C")
 

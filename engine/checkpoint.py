@@ -12,9 +12,9 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
-from data.configs import config_from_dict, config_to_dict
-from data.errors import VQGenError
-from data.files import load_tensors, read_json, save_tensors, write_json
+from vqgen.engine.configs import config_from_dict, config_to_dict
+from vqgen.engine.errors import VQGenError
+from vqgen.engine.files import load_tensors, read_json, save_tensors, write_json
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"

@@ -1,0 +1,85 @@
+"""The torchrun context and the few collectives vqgen uses; each is the identity in a plain process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits in a torchrun job (rank 0 of 1 when run plainly)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank)
+
+
+def local_device(device: torch.device, ctx: Dist) -> torch.device:
+    return torch.device("cuda", ctx.local_rank) if device.type == "cuda" else device
+
+
+def barrier(ctx: Dist) -> None:
+    if ctx.enabled:
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, ctx: Dist) -> Any:
+    """Rank 0's value on every rank (used for errors and stop flags, so all ranks stop together)."""
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ---- collectives for code that runs inside a model (the quantizer), where no Dist is passed ------
+def in_process_group() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum `t` over ranks in place; returns it."""
+    if in_process_group():
+        dist.all_reduce(t)
+    return t
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """(N, d) per rank -> (world * N, d) in rank order (ranks hold equal batches)."""
+    if not in_process_group():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def broadcast_(t: torch.Tensor) -> None:
+    """Overwrite `t` with rank 0's copy."""
+    if in_process_group():
+        dist.broadcast(t, src=0)
