@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import signal
 import time
 import warnings
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from vqgen.engine.averaging import WeightAverage
 from vqgen.engine.batches import ResumableBatches, make_loader
 from vqgen.engine.checkpoint import Pretrained, load_state_into, unwrap, write_config
 from vqgen.engine.configs import config_from_dict, config_to_dict, require
@@ -32,7 +34,7 @@ STATE_FILE = "state.pt"
 TRAIN_CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
 # Options that change the numbers a run produces; the others may differ when a run resumes.
-BINDING_OPTIONS = ("batch_size", "lr", "seed", "precision", "grad_clip")
+BINDING_OPTIONS = ("batch_size", "lr", "seed", "precision", "grad_clip", "warmup", "schedule", "ema")
 
 
 @dataclass(frozen=True)
@@ -51,14 +53,33 @@ class TrainConfig:
     log_every: int = 25
     eval_every: int = 500
     checkpoint_every: int = 500
+    warmup: int = 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
             value = getattr(self, name)
             require(value >= 1, f"{name}={value} is not allowed; must be >= 1")
         require(self.lr > 0, f"lr={self.lr} is not allowed; must be > 0")
+        require(self.warmup >= 0, f"warmup={self.warmup} is not allowed; must be >= 0 (0 = off)")
+        require(0 <= self.ema < 1, f"ema={self.ema} is not allowed; must be in [0, 1) (0 = off)")
         require(self.grad_clip >= 0, f"grad_clip={self.grad_clip} is not allowed; must be >= 0 (0 = off)")
         require(self.num_workers >= 0, f"num_workers={self.num_workers} is not allowed; must be >= 0")
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimizer step `step` (1-based): linear warm-up over `warmup` steps, then
+        constant or a cosine decay (Loshchilov & Hutter 2017) that nears 0 at the last step."""
+        if step <= self.warmup:
+            return self.lr * step / self.warmup
+        if self.schedule == "constant":
+            return self.lr
+        progress = (step - 1 - self.warmup) / max(1, self.steps - self.warmup)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def binding(self) -> tuple[str, ...]:
+        """Options a resumed run must share with the saved one; `steps` too once the schedule depends on it."""
+        return BINDING_OPTIONS + (("steps",) if self.schedule == "cosine" else ())
 
 
 class StepResult(NamedTuple):
@@ -144,6 +165,7 @@ class Trainer:
         self.model = task.model.to(self.device)
         self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.average = WeightAverage(self.model, config.ema) if config.ema else None
         self.step = 0
         self.elapsed = 0.0
 
@@ -156,7 +178,7 @@ class Trainer:
                              f"same options or choose a new --out (saved: {saved_model})")
         saved = config_from_dict(TrainConfig, read_json(self.out_dir / TRAIN_CONFIG_FILE, "training config"))
         changed = [f"{k}: {getattr(saved, k)} -> {getattr(self.config, k)}"
-                   for k in BINDING_OPTIONS if getattr(saved, k) != getattr(self.config, k)]
+                   for k in self.config.binding() if getattr(saved, k) != getattr(self.config, k)]
         if changed:
             raise VQGenError(f"{self.out_dir} was trained with other options ({'; '.join(changed)}); "
                              "resume with the same options or choose a new --out")
@@ -176,9 +198,16 @@ class Trainer:
         load_state_into(unwrap(self.model), state["model"], str(self.out_dir / STATE_FILE))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
         set_rng_state(state["rng"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.log.truncate_after(self.step)
+
+    def _published(self) -> nn.Module:
+        """The weights evaluation and model.pt use: the weight average when there is one."""
+        model = unwrap(self.model)
+        return model if self.average is None else self.average.sync_buffers(model)
 
     def _save(self) -> None:
         """state.pt first (all a resume needs), then model.pt + config.json for from_pretrained."""
@@ -187,8 +216,10 @@ class Trainer:
             state = {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "scaler": self.scaler.state_dict(), "rng": rng_state(), "step": self.step,
                      "elapsed": self.elapsed}
+            if self.average is not None:
+                state["average"] = self.average.state_dict()
             save_tensors(self.out_dir / STATE_FILE, state)
-            model.save_pretrained(self.out_dir)  # type: ignore[attr-defined]
+            self._published().save_pretrained(self.out_dir)  # type: ignore[attr-defined]
         barrier(self.ctx)
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -233,6 +264,8 @@ class Trainer:
         return iter(make_loader(data, batches, self.config.num_workers, self.device.type == "cuda"))
 
     def _optimise(self, loss: torch.Tensor) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr_at(self.step)
         self.optimizer.zero_grad(set_to_none=not self.ctx.enabled)  # DDP: keep the bucket views
         self.scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
@@ -240,6 +273,8 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.average is not None:
+            self.average.update(unwrap(self.model))
 
     def fit(self) -> dict[str, Any]:
         """Train to config.steps; return the last evaluation and throughput."""
@@ -302,7 +337,8 @@ class Trainer:
                                 f"step {last_good} (last good checkpoint in {self.out_dir}). Lower --lr, "
                                 "set --grad-clip, or use --precision fp32")
         rate = window.count * self.config.batch_size / max(seconds, 1e-9)
-        record = {"step": self.step, "split": "train", **means, f"{self.task.items_name}_per_s": rate, **extra}
+        record = {"step": self.step, "split": "train", **means, "lr": self.config.lr_at(self.step),
+                  f"{self.task.items_name}_per_s": rate, **extra}
         self.log.log(**record)
         bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
         window.reset()
@@ -310,11 +346,11 @@ class Trainer:
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
         result: dict[str, float] = {}
         if self.ctx.is_main:
-            unwrapped = unwrap(model)
-            unwrapped.eval()
+            published = self._published()
+            published.eval()
             with torch.no_grad(), self._autocast():
-                result = self.task.evaluate(unwrapped, self.step, self.out_dir)
-            unwrapped.train()
+                result = self.task.evaluate(published, self.step, self.out_dir)
+            unwrap(model).train()
             self.log.log(step=self.step, split="eval", **result)
         barrier(self.ctx)
         return broadcast_object(result, self.ctx)

@@ -16,6 +16,7 @@ from vqgen.engine.errors import UsageError, VQGenError
 from vqgen.engine.runtime import describe_machine
 from vqgen.data.images import DATASETS, open_dataset
 from vqgen.engine.trainer import TrainConfig
+from vqgen.pipeline.evaluate import EvalOptions
 from vqgen.pipeline.options import add_config_options, config_from_args
 from vqgen.pipeline.presets import RUN_PRESETS
 from vqgen.stage1_vqvae.config import PRESETS as VQVAE_PRESETS
@@ -62,6 +63,28 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
                        help="resize and centre-crop a folder's images to this square size")
 
 
+def _top_k(text: str) -> int | None:
+    if text.lower() in ("none", "all"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--top-k={text!r} is not an integer or 'none'") from None
+
+
+def _add_eval(parser: argparse.ArgumentParser) -> None:
+    defaults = EvalOptions()
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--n-per-class", type=_positive("--n-per-class"), default=defaults.n_per_class,
+                       help=f"held-out images and samples per class (default {defaults.n_per_class})")
+    group.add_argument("--temperature", dest="temperatures", type=float, nargs="+", default=defaults.temperatures,
+                       metavar="T", help="sampling temperatures to score (default: "
+                       f"{' '.join(map(str, defaults.temperatures))})")
+    group.add_argument("--top-k", dest="top_ks", type=_top_k, nargs="+", default=defaults.top_ks, metavar="K",
+                       help="top-k values to score, 'none' for all codes (default: none)")
+    group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the held-out choice and the samples")
+
+
 def _add_train(parser: argparse.ArgumentParser, prefix: str = "", skip: Sequence[str] = ()) -> None:
     add_config_options(parser, TrainConfig, prefix=prefix, skip=skip, title=f"{prefix or ''}training options")
 
@@ -103,20 +126,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", required=True, type=Path)
     p.add_argument("-n", type=_positive("-n"), default=64, help="number of images (default 64)")
     p.add_argument("--label", type=int, help="class to sample (default: spread over all classes)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
-    p.add_argument("--top-k", type=int, help="sample among the k most likely codes only")
+    p.add_argument("--temperature", type=float,
+                   help="softmax temperature (> 0; default: the prior's, chosen by `vqgen eval`, else 1)")
+    p.add_argument("--top-k", type=int,
+                   help="sample among the k most likely codes only (default: the prior's, else all codes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nrow", type=_positive("--nrow"), default=8, help="images per grid row")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, type=Path, help="directory for grid.png, images/, codes.npy")
 
-    p = sub.add_parser("run", help="train both stages, export, sample and report, resuming where it stopped")
+    p = sub.add_parser("eval", help="score a run's samples and reconstructions against real held-out images")
+    p.add_argument("--run", required=True, type=Path, help="run directory (the --out of `vqgen run`)")
+    _add_eval(p)
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
+
+    p = sub.add_parser("run", help="train both stages, export, evaluate, sample and report, resuming where it stopped")
     _add_data(p)
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--preset", default="default", choices=sorted(RUN_PRESETS),
                    help="quick (~2 min smoke run), default (~10 min on a 2-core CPU), paper (GPU sizes)")
     p.add_argument("--samples", type=_positive("--samples"), help="images to sample (a row per class)")
-    p.add_argument("--temperature", type=float, help="sampling temperature (> 0)")
+    p.add_argument("--temperature", type=float,
+                   help="temperature of the run's sample grid (> 0; default: the one eval chooses, else 1)")
+    p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=None,
+                   help="run `vqgen eval` after training (default: on, except for --preset quick)")
     add_config_options(p, TrainConfig, skip=[f for f in TRAIN_FIELDS if f not in SHARED_TRAIN],
                        title="options of both stages")
     add_config_options(p, VQVAEConfig, prefix="vqvae-", skip=IMAGE_FIELDS,
@@ -180,7 +213,7 @@ def _train_prior(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace) -> None:
     from vqgen.pipeline.generate import Generator, save_samples
 
-    if args.temperature <= 0:
+    if args.temperature is not None and args.temperature <= 0:
         raise UsageError(f"--temperature={args.temperature} is not allowed; must be > 0")
     generator = Generator.from_pretrained(args.vqvae, args.prior, device=args.device)
     labels = args.label
@@ -190,6 +223,25 @@ def _sample(args: argparse.Namespace) -> None:
                                seed=args.seed)
     save_samples(samples, args.out, nrow=args.nrow)
     print(f"{args.n} samples written to {args.out} (grid.png, images/, codes.npy)")
+
+
+def _eval_options(args: argparse.Namespace) -> EvalOptions:
+    for t in args.temperatures:
+        if not t > 0:
+            raise UsageError(f"--temperature={t} is not allowed; must be > 0")
+    for k in args.top_ks:
+        if k is not None and k < 1:
+            raise UsageError(f"--top-k={k} is not allowed; must be >= 1 (or none)")
+    return EvalOptions(n_per_class=args.n_per_class, temperatures=tuple(args.temperatures),
+                       top_ks=tuple(args.top_ks), seed=args.seed, device=args.device)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from vqgen.pipeline.evaluate import evaluate_run, summary
+
+    report = evaluate_run(args.run, _eval_options(args))
+    print("\n".join(summary(report)))
+    print(f"written to {args.run / 'eval.json'}")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -206,8 +258,9 @@ def _run(args: argparse.Namespace) -> None:
         vqvae_train=config_from_args(args, preset.vqvae_train, prefix="vqvae-", **shared_values),
         prior=config_from_args(args, preset.prior, prefix="prior-"),
         prior_train=config_from_args(args, preset.prior_train, prefix="prior-", **shared_values),
-        eval_images=preset.eval_images, samples=args.samples or 100, temperature=args.temperature or 1.0)
-    report = run(spec, args.out, download=args.download)
+        eval_images=preset.eval_images, samples=args.samples or 100, temperature=args.temperature)
+    evaluate = preset.evaluate if args.eval is None else args.eval
+    report = run(spec, args.out, download=args.download, evaluation=EvalOptions() if evaluate else None)
     if report:
         print(f"run finished in {args.out}: VQ-VAE {_summary(report['vqvae']['eval'])}; "
               f"prior {_summary(report['prior']['eval'])}; samples in {args.out / 'samples' / 'grid.png'}")
@@ -219,7 +272,7 @@ def _summary(metrics: dict) -> str:
 
 
 COMMANDS = {"train-vqvae": _train_vqvae, "export": _export, "train-prior": _train_prior,
-            "sample": _sample, "run": _run}
+            "sample": _sample, "eval": _eval, "run": _run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
+from vqgen.engine.configs import config_from_dict
 from vqgen.engine.errors import UsageError, VQGenError
-from vqgen.engine.files import save_array
+from vqgen.engine.files import read_json, save_array, write_json
 from vqgen.engine.grids import save_grid
 from vqgen.engine.runtime import pick_device
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage2_prior.model import GatedPixelCNN
 from vqgen.stage2_prior.sampling import sample as sample_codes
+
+
+SAMPLING_FILE = "sampling.json"
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """The temperature and top-k a prior samples with unless told otherwise.
+
+    `vqgen eval` picks them (the setting with the lowest sample Frechet distance) and saves them in
+    the prior's directory as sampling.json; without that file they are 1.0 and all codes.
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+
+    def save(self, prior_dir: str | Path) -> None:
+        write_json(Path(prior_dir) / SAMPLING_FILE, asdict(self))
+
+    @classmethod
+    def load(cls, prior_dir: str | Path) -> "SamplingDefaults":
+        path = Path(prior_dir) / SAMPLING_FILE
+        return config_from_dict(cls, read_json(path, "sampling defaults"), str(path)) if path.exists() else cls()
 
 
 class Samples(NamedTuple):
@@ -36,14 +61,18 @@ def check_pair(vqvae: VQVAE, prior: GatedPixelCNN) -> None:
 class Generator:
     """`Generator.from_pretrained(vqvae_dir, prior_dir).sample(16, labels=3)` -> Samples."""
 
-    def __init__(self, vqvae: VQVAE, prior: GatedPixelCNN, device: str = "auto") -> None:
+    def __init__(self, vqvae: VQVAE, prior: GatedPixelCNN, device: str = "auto",
+                 defaults: SamplingDefaults = SamplingDefaults()) -> None:
         check_pair(vqvae, prior)
         self.device = pick_device(device)
         self.vqvae, self.prior = vqvae.to(self.device).eval(), prior.to(self.device).eval()
+        self.defaults = defaults
 
     @classmethod
     def from_pretrained(cls, vqvae_dir: str | Path, prior_dir: str | Path, device: str = "auto") -> "Generator":
-        return cls(VQVAE.from_pretrained(vqvae_dir), GatedPixelCNN.from_pretrained(prior_dir), device)
+        """Both models, and the prior's saved sampling defaults (sampling.json) when it has them."""
+        return cls(VQVAE.from_pretrained(vqvae_dir), GatedPixelCNN.from_pretrained(prior_dir), device,
+                   SamplingDefaults.load(prior_dir))
 
     @property
     def num_classes(self) -> int:
@@ -56,8 +85,11 @@ class Generator:
         return torch.arange(n) * self.num_classes // n
 
     @torch.no_grad()
-    def sample(self, n: int, labels: int | torch.Tensor | None = None, temperature: float = 1.0,
+    def sample(self, n: int, labels: int | torch.Tensor | None = None, temperature: float | None = None,
                top_k: int | None = None, seed: int | None = None, progress: bool = True) -> Samples:
+        """n images; temperature and top_k default to `self.defaults` (top_k=K keeps every code)."""
+        temperature = self.defaults.temperature if temperature is None else temperature
+        top_k = self.defaults.top_k if top_k is None else top_k
         generator = torch.Generator(self.device)
         if seed is None:
             generator.seed()

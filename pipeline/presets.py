@@ -17,6 +17,7 @@ class RunPreset:
     prior: PriorConfig
     prior_train: TrainConfig
     eval_images: int = 2000
+    evaluate: bool = True  # run `vqgen eval` at the end
 
 
 def quick() -> RunPreset:
@@ -26,7 +27,7 @@ def quick() -> RunPreset:
         vqvae_train=TrainConfig(steps=300, batch_size=64, lr=2e-3, eval_every=300, checkpoint_every=100),
         prior=PriorConfig.small(channels=32, layers=8),
         prior_train=TrainConfig(steps=400, batch_size=64, lr=2e-3, eval_every=400, checkpoint_every=100),
-        eval_images=500)
+        eval_images=500, evaluate=False)
 
 
 def default() -> RunPreset:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vqgen.engine.checkpoint import CONFIG_FILE
 from vqgen.engine.files import read_json, write_json
 from vqgen.data.latents import read_manifest
 from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.runtime import machine
+from vqgen.pipeline.evaluate import EVAL_FILE
 from vqgen.pipeline.plots import Series, plot_curves
 
 
@@ -30,6 +32,11 @@ def _stage(records: list[dict[str, Any]], rate: str) -> dict[str, Any]:
     return {"eval": _last(records, "eval"), "train": _last(records, "train"), f"train_{rate}": _mean(records, rate)}
 
 
+def _trained_config(directory: Path) -> dict[str, Any]:
+    """The config a stage was trained with (the prior's K, grid and classes come from its latents)."""
+    return {k: v for k, v in read_json(directory / CONFIG_FILE).items() if k not in ("kind", "version")}
+
+
 def write_report(out: Path, spec: dict[str, Any], timings: dict[str, float],
                  exports: dict[str, dict[str, float]]) -> dict[str, Any]:
     vqvae = read_metrics(out / "vqvae" / "metrics.jsonl")
@@ -42,8 +49,9 @@ def write_report(out: Path, spec: dict[str, Any], timings: dict[str, float],
                    for split, figures in export_figures.items()},
         "prior": _stage(prior, "grids_per_s"),
         "samples": {"grid": "samples/grid.png", "codes": "samples/codes.npy"},
+        "eval": read_json(out / EVAL_FILE) if (out / EVAL_FILE).exists() else None,
         "timings_s": {**timings, "total": sum(timings.values())},
-        "config": spec,
+        "config": {**spec, "vqvae": _trained_config(out / "vqvae"), "prior": _trained_config(out / "prior")},
         "machine": machine(),
     }
     write_json(out / "report.json", report)

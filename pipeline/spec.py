@@ -1,0 +1,81 @@
+"""RUN/run.json: everything that decides what a run computes, so one directory never mixes two runs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vqgen.data.images import ImageDataset, open_dataset
+from vqgen.engine.configs import config_from_dict
+from vqgen.engine.errors import VQGenError
+from vqgen.engine.files import read_json, write_json
+from vqgen.engine.trainer import TrainConfig
+from vqgen.stage1_vqvae.config import VQVAEConfig
+from vqgen.stage2_prior.config import PriorConfig
+
+RUN_FILE = "run.json"
+# Options that may differ when a run is resumed: they change how it runs, not what it computes.
+RUNTIME_OPTIONS = ("device", "compile", "num_workers", "log_every", "eval_every", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that decides what a run computes; saved as RUN/run.json."""
+
+    data: str
+    data_root: str | None
+    vqvae: VQVAEConfig
+    vqvae_train: TrainConfig
+    prior: PriorConfig
+    prior_train: TrainConfig
+    image_size: int | None = None
+    eval_images: int = 2000
+    samples: int = 100
+    temperature: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def open_split(self, split: str, download: bool = False) -> ImageDataset:
+        """The run's images of `split`, the same way for every stage that reads them."""
+        return open_dataset(self.data, split, self.data_root, download, size=self.image_size)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any], source: str) -> "RunSpec":
+        try:
+            return cls(**{**raw, "vqvae": config_from_dict(VQVAEConfig, raw["vqvae"], source),
+                          "vqvae_train": config_from_dict(TrainConfig, raw["vqvae_train"], source),
+                          "prior": config_from_dict(PriorConfig, raw["prior"], source),
+                          "prior_train": config_from_dict(TrainConfig, raw["prior_train"], source)})
+        except (KeyError, TypeError) as err:
+            raise VQGenError(f"{source} is not a vqgen run description ({err})") from None
+
+
+def _binding(spec: RunSpec) -> dict[str, Any]:
+    raw = spec.to_json()
+    for train in ("vqvae_train", "prior_train"):
+        raw[train] = {k: v for k, v in raw[train].items() if k not in RUNTIME_OPTIONS}
+    return raw
+
+
+def claim_run_dir(out: Path, spec: RunSpec) -> None:
+    """Refuse to mix two different runs in one directory; remember this one's spec."""
+    path = out / RUN_FILE
+    if path.exists():
+        old, new = _binding(load_spec(out)), _binding(spec)
+        if old != new:
+            diff = [f"{k}" for k in new if old.get(k) != new[k]]
+            raise VQGenError(f"{out} holds a run with other settings ({', '.join(diff)} differ); "
+                             "re-run with the same options or choose a new --out")
+    elif out.exists() and any(p.name in ("vqvae", "prior", "latents") for p in out.iterdir()):
+        raise VQGenError(f"{out} holds files of an unknown run (no {RUN_FILE}); choose a new --out")
+    write_json(path, spec.to_json())
+
+
+def load_spec(out: str | Path) -> RunSpec:
+    """The spec of the run in `out`, for commands that work on a finished run (e.g. `vqgen eval`)."""
+    path = Path(out) / RUN_FILE
+    if not path.exists():
+        raise VQGenError(f"{out} is not a vqgen run directory (no {RUN_FILE}); pass the --out of a `vqgen run`")
+    return RunSpec.from_json(read_json(path, "run description"), str(path))
