@@ -51,6 +51,7 @@ HELP = {
     "first_kernel": "kernel size of the first (mask A) layer",
     "kernel": "kernel size of the other layers",
     "head_channels": "channels of the skip connections and the output head",
+    "dropout": "dropout of the gated features in training (0: off)",
 }
 
 

@@ -28,14 +28,27 @@ def psnr(mse: torch.Tensor | float) -> float:
     return -10.0 * math.log10(max(float(mse), 1e-12))
 
 
+def spread_rows(data: ImageDataset, count: int) -> list[int]:
+    """`count` rows taken in turn from each class (evenly spaced rows when unlabelled): a folder sorted
+    by class would otherwise show, and evaluate, its first class only."""
+    count = min(count, len(data))
+    if data.labels is None:
+        return torch.linspace(0, len(data) - 1, count).round().long().tolist()
+    by_class = [(data.labels == c).nonzero().flatten() for c in data.labels.unique()]
+    depth = max(len(rows) for rows in by_class)
+    padded = torch.stack([torch.cat([rows, rows.new_full((depth - len(rows),), -1)]) for rows in by_class])
+    interleaved = padded.t().flatten()  # (depth * classes,): first row of each class, then the second, ...
+    return interleaved[interleaved >= 0][:count].tolist()
+
+
 @torch.no_grad()
-def evaluate_vqvae(model: VQVAE, data: Dataset, device: torch.device, limit: int | None = None) -> dict[str, float]:
-    """Held-out MSE, PSNR, perplexity and codebook use, over the first `limit` images."""
-    count = len(data) if limit is None else min(limit, len(data))  # type: ignore[arg-type]
+def evaluate_vqvae(model: VQVAE, data: ImageDataset, device: torch.device, limit: int | None = None) -> dict[str, float]:
+    """Held-out MSE, PSNR, perplexity and codebook use, over `limit` images spread over the classes."""
+    rows = spread_rows(data, len(data) if limit is None else limit)
     sq_error, pixels = 0.0, 0
     counts = torch.zeros(model.config.codebook_size, dtype=torch.long, device=device)
-    for start in range(0, count, EVAL_BATCH):
-        images, _ = data.__getitems__(list(range(start, min(start + EVAL_BATCH, count))))  # type: ignore[attr-defined]
+    for start in range(0, len(rows), EVAL_BATCH):
+        images, _ = data.__getitems__(rows[start:start + EVAL_BATCH])
         images = images.to(device)
         out = model(images)
         sq_error += float(F.mse_loss(out.reconstruction.float(), images, reduction="sum"))
@@ -75,7 +88,7 @@ class VQVAETask:
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
         device = next(model.parameters()).device
         result = evaluate_vqvae(model, self.held_out, device, self.eval_images)  # type: ignore[arg-type]
-        images, _ = self.held_out.__getitems__(list(range(min(32, len(self.held_out)))))
+        images, _ = self.held_out.__getitems__(spread_rows(self.held_out, 32))
         images = images.to(device)
         recon = model(images).reconstruction.float()
         rows = torch.stack([images.cpu(), recon.cpu()], dim=1).flatten(0, 1)  # (2B, C, H, W): real, decoded

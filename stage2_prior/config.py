@@ -13,7 +13,9 @@ class PriorConfig:
     """Gated PixelCNN (van den Oord et al. 2016, arXiv 1606.05328) over a grid of K discrete codes.
 
     K, the grid and the classes come from the latent dataset the prior trains on; the rest are the
-    network's sizes. `head_channels` is the width of the skip connections and of the output head.
+    network's sizes. `head_channels` is the width of the skip connections and of the output head;
+    `dropout` drops gated horizontal features in training (as PixelCNN++ drops inside its residual
+    blocks, Salimans et al. 2017), a regulariser for small datasets.
     """
 
     codebook_size: int = 512
@@ -25,6 +27,7 @@ class PriorConfig:
     first_kernel: int = 7
     kernel: int = 3
     head_channels: int = 256
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.codebook_size >= 2, f"codebook_size={self.codebook_size} is not allowed; must be >= 2")
@@ -32,6 +35,7 @@ class PriorConfig:
         for name in ("grid_height", "grid_width", "channels", "layers", "head_channels"):
             value = getattr(self, name)
             require(value >= 1, f"{name}={value} is not allowed; must be >= 1")
+        require(0 <= self.dropout < 1, f"dropout={self.dropout} is not allowed; must be in [0, 1)")
         for name in ("first_kernel", "kernel"):
             value = getattr(self, name)
             require(value >= 3 and value % 2 == 1, f"{name}={value} is not allowed; must be odd and >= 3")

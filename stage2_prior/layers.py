@@ -71,9 +71,11 @@ class GatedBlock(nn.Module):
     horizontal stack through a 1x1 convolution (`link`); the horizontal stack keeps a residual
     connection (except in the first layer, whose input is the code at the current position) and
     sends a skip connection to the head. A class label adds a learned bias before both gates (eq. 4).
+    Dropout (training only) acts on the gated horizontal features, before the residual and skip maps.
     """
 
-    def __init__(self, channels: int, skip_channels: int, kernel: int, first: bool, num_classes: int) -> None:
+    def __init__(self, channels: int, skip_channels: int, kernel: int, first: bool, num_classes: int,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.first = first
         self.vertical = VerticalConv(channels, 2 * channels, kernel)
@@ -82,6 +84,7 @@ class GatedBlock(nn.Module):
         self.residual = nn.Conv2d(channels, channels, 1)
         self.skip = nn.Conv2d(channels, skip_channels, 1)
         self.label_bias = nn.Embedding(num_classes, 4 * channels) if num_classes else None
+        self.dropout = nn.Dropout(dropout)
 
     def label_biases(self, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The class-conditional biases of the vertical and horizontal gates, (B, 2C) each, or None."""
@@ -97,6 +100,6 @@ class GatedBlock(nn.Module):
         if biases is not None:
             v_pre = v_pre + biases[0][:, :, None, None]
             h_pre = h_pre + biases[1][:, :, None, None]
-        gated = gate(h_pre)  # (B, C, H, W)
+        gated = self.dropout(gate(h_pre))  # (B, C, H, W)
         h_out = self.residual(gated) if self.first else h + self.residual(gated)
         return BlockOutput(gate(v_pre), h_out, self.skip(gated))

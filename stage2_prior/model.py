@@ -31,7 +31,8 @@ class GatedPixelCNN(nn.Module, Pretrained):
         c, s = config.channels, config.head_channels
         self.embedding = nn.Embedding(config.codebook_size, c)
         self.layers = nn.ModuleList(
-            GatedBlock(c, s, config.first_kernel if i == 0 else config.kernel, i == 0, config.num_classes)
+            GatedBlock(c, s, config.first_kernel if i == 0 else config.kernel, i == 0, config.num_classes,
+                       config.dropout)
             for i in range(config.layers))
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(s, s, 1), nn.ReLU(), nn.Conv2d(s, config.codebook_size, 1))
 

@@ -139,3 +139,11 @@ def test_sampling_on_cuda_matches_the_full_model_there(full_fp32_on_cuda: None) 
     assert fast.device.type == "cuda" and torch.equal(fast, slow)
     with pytest.raises(UsageError, match="the generator is on cpu but the prior is on cuda"):
         sample(model, 4, 1, generator=torch.Generator(), progress=False)
+
+
+def test_dropout_acts_in_training_only() -> None:
+    torch.manual_seed(0)
+    model = GatedPixelCNN(PriorConfig.tiny(grid_height=5, grid_width=6, num_classes=2, dropout=0.5))
+    codes, labels = torch.randint(0, K, (3, 5, 6)), torch.tensor([0, 1, 1])
+    assert not torch.equal(model(codes, labels), model(codes, labels))
+    check_every_step(model.eval(), codes, labels)
