@@ -11,6 +11,7 @@ CASES = [
     ["bench.stage2", "--grid", "7"],
     ["bench.stage2", "--grid", "8"],
     ["bench.sampling"],
+    ["bench.folders"],
 ]
 
 

@@ -2,7 +2,8 @@
 
 Rules, so that one folder gives the same dataset on any machine:
 - Files: extensions bmp, gif, jpeg, jpg, png, webp (any case), searched recursively in sorted
-  path order; hidden files and folders (names starting with ".", e.g. macOS "._" copies) are skipped.
+  path order; hidden files and folders (names starting with ".", e.g. macOS "._" copies) are skipped,
+  and folders behind symbolic links are not entered (linked files are read).
 - Splits: `train/` and `test/` subfolders when both are present; otherwise a stable 10% of the
   files, chosen by a hash of their path relative to the folder, is the test split.
 - Labels: each subfolder (of the split folder) is a class, numbered in sorted name order over
@@ -10,71 +11,96 @@ Rules, so that one folder gives the same dataset on any machine:
   unlabelled dataset; both at once is refused, as the intent is unclear.
 - Channels: one if every image in the folder (both splits) is grayscale (modes 1, L, LA, I,
   I;16, or a palette image whose colours in use are all gray); otherwise three, with gray
-  images repeated to RGB. Transparency (RGBA, LA, palette or key-colour transparency) is
-  composited onto black, the background of MNIST-like data. 16-bit gray (I, I;16) is scaled
-  from 0..65535 to 0..255.
-- Sizes: all images must share one size, unless `size` is given: then each is resized (shorter
-  side to `size`) and centre-cropped to size x size.
-- An unreadable file stops loading with its name.
+  images repeated to RGB. A palette whose entries are all gray settles it from the header; one
+  holding colours is decoded to see the colours in use, and only when no other image is in
+  colour already. Transparency (RGBA, LA, palette or key-colour transparency) is composited onto
+  black, the background of MNIST-like data. 16-bit gray (I, I;16) is scaled from 0..65535 to 0..255.
+- Sizes: all images of a split must share one size, unless `size` is given: then each is resized
+  (shorter side to `size`) and centre-cropped to size x size.
+- Reading: modes and sizes come from the headers alone (data/folder_index.py, cached in a run
+  directory when one is given). A split whose decoded pixels take at most STREAM_ABOVE_BYTES (1 GiB) is
+  then decoded into memory, as one uint8 tensor, which is fastest per step; a larger one is
+  decoded per batch, in the data loader's workers (data/streaming.py). `stream` forces either.
+- An unreadable file or folder stops loading with its name: when indexing if a header is bad,
+  otherwise when the file is decoded (at loading, or in the batch that asks for it).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import os
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, NamedTuple
 
-import numpy as np
 import torch
-from PIL import Image
 
+from vqgen.data.folder_index import Entry, index_folder
+from vqgen.data.images import SPLITS, BatchedImages, DatasetInfo
+from vqgen.data.streaming import StreamedFolder
 from vqgen.engine.errors import UsageError, VQGenError
-from vqgen.data.images import SPLITS, DatasetInfo, ImageDataset
 
 EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
-GRAY_MODES = ("1", "L", "LA", "I", "I;16")
-WIDE_GRAY_MODES = ("I", "I;16")
-ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 HELD_OUT_PERCENT = 10
+# Decoded size (uint8 bytes) of a split above which it streams. 1 GiB is ~20,000 RGB images of
+# 128x128 (14 s to decode on one core of a 2-core CPU, python -m bench.folders) or 350,000 of
+# 32x32: held in memory they are read at no cost per step, and still leave room beside the model
+# on a laptop. Larger sets would wait longer before step one, and may not fit at all.
+STREAM_ABOVE_BYTES = 2**30
 
 
 class _Split(NamedTuple):
-    base: Path  # class names are the first folder below it
-    files: list[Path]
+    base: str  # "" or "train/", "test/": class names are the first folder below it
+    files: list[str]  # posix paths relative to the folder, in sorted order
 
 
-def image_files(directory: Path) -> list[Path]:
-    """Image files under `directory` in sorted order, hidden ones skipped (see the module docstring)."""
-    return sorted(path for path in directory.rglob("*")
-                  if path.suffix.lower() in EXTENSIONS and path.is_file()
-                  and not any(part.startswith(".") for part in path.relative_to(directory).parts))
+def image_files(directory: Path) -> list[str]:
+    """Image files under `directory` as posix paths relative to it, sorted part by part (as pathlib
+    sorts); hidden files and folders skipped, folders behind symbolic links not entered."""
+    found: list[str] = []
+    todo = [""]  # folders to list, as prefixes relative to `directory`
+    while todo:
+        prefix = todo.pop()
+        try:
+            entries = list(os.scandir(directory / prefix))
+        except OSError as err:
+            raise VQGenError(f"cannot list {directory / prefix} ({err.strerror}); make it readable or "
+                             "move it out of the folder") from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                todo.append(f"{prefix}{entry.name}/")
+            elif os.path.splitext(entry.name)[1].lower() in EXTENSIONS and entry.is_file():
+                found.append(prefix + entry.name)
+    return sorted(found, key=lambda relative: relative.split("/"))
 
 
-def _held_out(relative: Path) -> bool:
+def _held_out(relative: str) -> bool:
     """A hash of the path, so the split depends neither on listing order nor on Python's hash seed."""
-    digest = hashlib.sha256(relative.as_posix().encode()).digest()
+    digest = hashlib.sha256(relative.encode()).digest()
     return int.from_bytes(digest[:8], "big") % 100 < HELD_OUT_PERCENT
 
 
 def _catalogue(root: Path) -> dict[str, _Split]:
     """Both splits' files: labels and channels are decided over both, so the splits agree."""
     if (root / "train").is_dir() and (root / "test").is_dir():
-        return {split: _Split(root / split, image_files(root / split)) for split in SPLITS}
+        return {split: _Split(f"{split}/", [f"{split}/{name}" for name in image_files(root / split)])
+                for split in SPLITS}
     files = image_files(root)
-    return {"train": _Split(root, [p for p in files if not _held_out(p.relative_to(root))]),
-            "test": _Split(root, [p for p in files if _held_out(p.relative_to(root))])}
+    held_out = [_held_out(name) for name in files]
+    return {"train": _Split("", [name for name, test in zip(files, held_out) if not test]),
+            "test": _Split("", [name for name, test in zip(files, held_out) if test])}
 
 
-def _top(base: Path, path: Path) -> str | None:
-    """The class folder of `path`, None when it lies directly in `base`."""
-    parts = path.relative_to(base).parts
-    return parts[0] if len(parts) > 1 else None
+def _top(split: _Split, path: str) -> str | None:
+    """The class folder of `path`, None when it lies directly in the split's folder."""
+    head, slash, _ = path[len(split.base):].partition("/")
+    return head if slash else None
 
 
-def _class_names(splits: Iterable[_Split]) -> tuple[str, ...] | None:
-    tops = {path: _top(split.base, path) for split in splits for path in split.files}
-    loose = [path for path, top in tops.items() if top is None]
+def _class_names(root: Path, splits: Iterable[_Split]) -> tuple[str, ...] | None:
+    tops = {path: _top(split, path) for split in splits for path in split.files}
+    loose = [root / path for path, top in tops.items() if top is None]
     if len(loose) == len(tops):
         return None
     if loose:
@@ -83,66 +109,34 @@ def _class_names(splits: Iterable[_Split]) -> tuple[str, ...] | None:
     return tuple(sorted({top for top in tops.values() if top is not None}))
 
 
-@contextlib.contextmanager
-def _opened(path: Path) -> Iterator[Image.Image]:
-    """Image.open whose failures, at opening or at decoding, name the file."""
-    try:
-        with Image.open(path) as image:
-            yield image
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise VQGenError(f"cannot read image {path} ({err}); remove or replace the file") from None
+def _common_size(root: Path, files: list[str], entries: list[Entry], size: int | None) -> tuple[int, int]:
+    """(height, width) every image of the split will have, checked from the headers before any decode."""
+    if size is not None:
+        return size, size
+    width, height = entries[0].width, entries[0].height
+    for path, entry in zip(files, entries):
+        if (entry.width, entry.height) != (width, height):
+            raise VQGenError(f"{root / path} is {entry.width}x{entry.height} but {root / files[0]} is "
+                             f"{width}x{height} (width x height); all images must share one size: resize them, "
+                             "or pass --image-size N to resize and centre-crop every image to N x N")
+    return height, width
 
 
-def _is_gray(path: Path) -> bool:
-    """Judged from the header, except for palette images, whose colours in use must be decoded."""
-    with _opened(path) as image:
-        if image.mode in ("P", "PA"):
-            rgb = np.asarray(image.convert("RGB"))  # (H, W, 3)
-            return bool((rgb == rgb[..., :1]).all())
-        return image.mode in GRAY_MODES
+def _labels(split: _Split, names: tuple[str, ...] | None) -> torch.Tensor | None:
+    if names is None:
+        return None
+    ids = {name: i for i, name in enumerate(names)}
+    return torch.tensor([ids[_top(split, path)] for path in split.files], dtype=torch.long)  # (N,)
 
 
-def _pixels(image: Image.Image, gray: bool) -> np.ndarray:
-    """(H, W) uint8 when `gray`, else (H, W, 3): 16 bits scaled to 8, transparency onto black."""
-    if image.mode in WIDE_GRAY_MODES:
-        image = Image.fromarray((np.asarray(image).clip(0, 65535) // 257).astype(np.uint8))
-    if image.mode in ALPHA_MODES or "transparency" in image.info:
-        image = Image.alpha_composite(Image.new("RGBA", image.size, (0, 0, 0, 255)), image.convert("RGBA"))
-    return np.asarray(image.convert("L" if gray else "RGB"))
-
-
-def _fit(image: Image.Image, size: int) -> Image.Image:
-    """Shorter side to `size`, then the centre square: no distortion, the middle kept."""
-    scale = size / min(image.size)
-    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-    resized = image.resize((width, height), Image.Resampling.BILINEAR)
-    left, top = (width - size) // 2, (height - size) // 2
-    return resized.crop((left, top, left + size, top + size))
-
-
-def _decode(path: Path, gray: bool, size: int | None) -> np.ndarray:
-    with _opened(path) as image:
-        image.load()
-        pixels = _pixels(image, gray)
-    return pixels if size is None else np.asarray(_fit(Image.fromarray(pixels), size))
-
-
-def _stack(files: list[Path], arrays: list[np.ndarray]) -> torch.Tensor:
-    """(N, C, H, W) uint8, after checking that every image has the first one's size."""
-    height, width = arrays[0].shape[:2]
-    for path, array in zip(files, arrays):
-        if array.shape[:2] != (height, width):
-            raise VQGenError(f"{path} is {array.shape[1]}x{array.shape[0]} but {files[0]} is {width}x{height} "
-                             "(width x height); all images must share one size: resize them, or pass "
-                             "--image-size N to resize and centre-crop every image to N x N")
-    stacked = torch.from_numpy(np.stack(arrays))  # (N, H, W) or (N, H, W, 3)
-    return stacked[:, None] if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2).contiguous()
+def _streams(stream: bool | None, info: DatasetInfo, count: int) -> bool:
+    return stream if stream is not None else count * info.channels * info.height * info.width > STREAM_ABOVE_BYTES
 
 
 def _empty_split_error(root: Path, split: str, splits: dict[str, _Split]) -> VQGenError:
     chosen = splits[split]
-    if chosen.base != root:
-        return VQGenError(f"no images ({', '.join(EXTENSIONS)}) in {chosen.base}; add some")
+    if chosen.base:
+        return VQGenError(f"no images ({', '.join(EXTENSIONS)}) in {root / chosen.base}; add some")
     total = sum(len(s.files) for s in splits.values())
     if total == 0:
         return VQGenError(f"no images ({', '.join(EXTENSIONS)}) in {root}; point --data at a folder of images")
@@ -151,8 +145,13 @@ def _empty_split_error(root: Path, split: str, splits: dict[str, _Split]) -> VQG
                       "train/ and test/ subfolders")
 
 
-def open_folder(root: Path, split: str, size: int | None = None) -> ImageDataset:
-    """The `split` of the image folder `root`, by the rules in the module docstring."""
+def open_folder(root: Path, split: str, size: int | None = None, stream: bool | None = None,
+                index_dir: Path | None = None) -> BatchedImages:
+    """The `split` of the image folder `root`, by the rules in the module docstring.
+
+    `stream`: True decodes per batch, False into memory, None by the decoded size. `index_dir`
+    caches the header index (data/folder_index.py); None keeps it in memory for this call only.
+    """
     if split not in SPLITS:
         raise UsageError(f"split={split!r} is not allowed; choose one of {', '.join(SPLITS)}")
     if not root.is_dir():
@@ -161,13 +160,9 @@ def open_folder(root: Path, split: str, size: int | None = None) -> ImageDataset
     chosen = splits[split]
     if not chosen.files:
         raise _empty_split_error(root, split, splits)
-    names = _class_names(splits.values())
-    gray = all(_is_gray(path) for s in splits.values() for path in s.files)
-    images = _stack(chosen.files, [_decode(path, gray, size) for path in chosen.files])
-    labels = None
-    if names is not None:
-        ids = {name: i for i, name in enumerate(names)}
-        labels = torch.tensor([ids[_top(chosen.base, path)] for path in chosen.files], dtype=torch.long)
-    channels, height, width = images.shape[1:]
-    info = DatasetInfo(str(root), split, channels, height, width, len(names) if names else None, names)
-    return ImageDataset(images, labels, info)
+    names = _class_names(root, splits.values())
+    index = index_folder(root, [path for s in splits.values() for path in s.files], index_dir)
+    height, width = _common_size(root, chosen.files, [index.entries[path] for path in chosen.files], size)
+    info = DatasetInfo(str(root), split, index.channels, height, width, len(names) if names else None, names)
+    streamed = StreamedFolder(root, chosen.files, _labels(chosen, names), info, size)
+    return streamed if _streams(stream, info, len(chosen.files)) else streamed.in_memory()

@@ -1,15 +1,17 @@
-"""Image datasets held in memory as uint8 tensors, and `open_dataset`, the one way to name them.
+"""Image datasets and `open_dataset`, the one way to name them.
 
-Every source (built-in, torchvision, a folder) ends as an `ImageDataset`, whose batched
-`__getitems__` returns a stacked batch, so the data loader does no per-item Python work
-(the loader's collate_fn passes that batch through).
+Every source ends as a `BatchedImages`, whose batched `__getitems__` returns a stacked batch, so
+the data loader does no per-item Python work (the loader's collate_fn passes that batch through).
+Two kinds share that interface: `ImageDataset` holds uint8 pixels in memory (built-in, torchvision,
+small folders); `StreamedFolder` (data/streaming.py) decodes a large folder per batch.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -39,31 +41,46 @@ class DatasetInfo:
         return {"dataset": self.name, "split": self.split, "image_shape": [self.channels, self.height, self.width]}
 
 
-class ImageDataset(Dataset):
+class BatchedImages(Dataset, ABC):
     """Items are (image float32 (C, H, W) in [0, 1], label int64; -1 when unlabelled).
 
-    Pixels stay uint8 in memory (a quarter of float32) and are scaled per batch.
+    Subclasses say only where uint8 pixels come from (`pixels`); labels are always in memory,
+    as they are cheap, so every dataset scales and labels a batch the same way.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, info: DatasetInfo) -> None:
-        if images.shape[0] == 0:
+    def __init__(self, count: int, labels: torch.Tensor | None, info: DatasetInfo) -> None:
+        if count == 0:
             raise VQGenError(f"dataset {info.name!r} split {info.split!r} has no images; "
                              "point --data at a dataset with at least one image")
-        self.images, self.labels, self.info = images, labels, info  # (N, C, H, W) uint8, (N,) int64 or None
+        self.count, self.labels, self.info = count, labels, info  # labels (N,) int64 or None
+
+    @abstractmethod
+    def pixels(self, indices: Sequence[int]) -> torch.Tensor:
+        """The images at `indices` as uint8 (B, C, H, W)."""
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return self.count
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = self.__getitems__([index])
         return images[0], labels[0]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.as_tensor(indices, dtype=torch.long)
-        images = self.images[rows].float().div_(255)  # (B, C, H, W)
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = self.pixels(indices).float().div_(255)  # (B, C, H, W)
         if self.labels is None:
-            return images, torch.full((len(rows),), -1, dtype=torch.long)
-        return images, self.labels[rows]  # (B,)
+            return images, torch.full((len(indices),), -1, dtype=torch.long)
+        return images, self.labels[torch.as_tensor(indices, dtype=torch.long)]  # (B,)
+
+
+class ImageDataset(BatchedImages):
+    """Pixels held in memory as uint8 (a quarter of float32), scaled per batch."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, info: DatasetInfo) -> None:
+        super().__init__(images.shape[0], labels, info)
+        self.images = images  # (N, C, H, W) uint8
+
+    def pixels(self, indices: Sequence[int]) -> torch.Tensor:
+        return self.images[torch.as_tensor(indices, dtype=torch.long)]  # (B, C, H, W)
 
 
 def check_divisible(info: DatasetInfo, factor: int) -> None:
@@ -110,10 +127,14 @@ def _torchvision(name: str, split: str, root: str | None, download: bool) -> Ima
 
 
 def open_dataset(name: str, split: str = "train", root: str | None = None, download: bool = False,
-                 seed: int = 0, size: int | None = None) -> ImageDataset:
+                 seed: int = 0, size: int | None = None, stream: bool | None = None,
+                 index_dir: str | Path | None = None) -> BatchedImages:
     """'builtin', a torchvision name (with `root`), or a folder of images (resized to `size` when given).
 
     `seed` picks the built-in dataset's draw; the other sources are fixed files and ignore it.
+    A folder is decoded per batch when `stream` is True, into memory when False, and by its
+    decoded size when None (data/folder.py); `index_dir` (a run directory) caches its header index
+    between runs. Built-in and torchvision data are always in memory and ignore `index_dir`.
     """
     if split not in SPLITS:
         raise UsageError(f"--split={split!r} is not allowed; choose one of {', '.join(SPLITS)}")
@@ -122,6 +143,8 @@ def open_dataset(name: str, split: str = "train", root: str | None = None, downl
                          "or the path of a folder of images")
     if size is not None and name in DATASETS:
         raise UsageError(f"--image-size resizes a folder of images; {name} has a fixed size, drop the option")
+    if stream and name in DATASETS:
+        raise UsageError(f"--stream decodes a folder of images per batch; {name} is held in memory, drop the option")
     if name == "builtin":
         from vqgen.data.builtin import make_builtin  # builtin builds on this module
 
@@ -130,4 +153,4 @@ def open_dataset(name: str, split: str = "train", root: str | None = None, downl
         return _torchvision(name, split, root, download)
     from vqgen.data.folder import open_folder  # folder builds on this module
 
-    return open_folder(Path(name), split, size)
+    return open_folder(Path(name), split, size, stream, None if index_dir is None else Path(index_dir))
