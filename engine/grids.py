@@ -18,6 +18,8 @@ def to_pil(images: torch.Tensor, nrow: int) -> Image.Image:
     return Image.fromarray(array[..., 0] if images.shape[1] == 1 else array)
 
 
-def save_grid(path: str | Path, images: torch.Tensor, nrow: int = 8) -> None:
+def save_grid(path: str | Path, images: torch.Tensor, nrow: int = 8) -> Image.Image:
+    """Write the grid as a PNG; return the picture too, for a viewer such as TensorBoard."""
     image = to_pil(images, nrow)
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return image

@@ -14,7 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, NamedTuple, Protocol
+from typing import Any, Iterator, Literal, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -27,8 +27,11 @@ from vqgen.engine.configs import config_from_dict, config_to_dict, require
 from vqgen.engine.distributed import Dist, barrier, broadcast_object, init_distributed, local_device
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import load_tensors, read_json, save_tensors, write_json
+from vqgen.engine.grids import save_grid
 from vqgen.engine.metrics_log import MetricsLog
 from vqgen.engine.runtime import pick_device, rng_state, set_rng_state
+from vqgen.engine.tensorboard import Sink, open_sink
+from vqgen.engine.units import describe
 
 STATE_FILE = "state.pt"
 TRAIN_CONFIG_FILE = "train_config.json"
@@ -56,6 +59,7 @@ class TrainConfig:
     warmup: int = 0
     schedule: Literal["constant", "cosine"] = "constant"
     ema: float = 0.0
+    tensorboard: str | None = None  # directory for TensorBoard event files (None: off)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
@@ -87,6 +91,13 @@ class StepResult(NamedTuple):
     metrics: dict[str, torch.Tensor]
 
 
+class Figure(NamedTuple):
+    """An image grid an evaluation draws: saved as OUT/NAME.png and shown in TensorBoard."""
+
+    images: torch.Tensor  # (B, C, H, W) in [0, 1]
+    nrow: int
+
+
 class TrainTask(Protocol):
     """What a stage gives the trainer."""
 
@@ -100,6 +111,13 @@ class TrainTask(Protocol):
     def after_step(self, step: int) -> dict[str, float]: ...
 
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class DrawsFigures(Protocol):
+    """A TrainTask whose evaluations also draw figures (the VQ-VAE's reconstructions), by name."""
+
+    def figures(self, model: nn.Module) -> dict[str, Figure]: ...
 
 
 class NonFiniteLoss(VQGenError):
@@ -162,6 +180,7 @@ class Trainer:
         self.device = local_device(pick_device(config.device), self.ctx)
         self.progress = progress and self.ctx.is_main
         self.log = MetricsLog(self.out_dir / METRICS_FILE, enabled=self.ctx.is_main)
+        self.sink = Sink()  # TensorBoard, opened in fit() once the resumed step is known
         self.model = task.model.to(self.device)
         self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
@@ -279,15 +298,17 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to config.steps; return the last evaluation and throughput."""
         self._resume()
+        kind: str = unwrap(self.model).kind  # type: ignore[assignment]
         model = self._wrap()
         first = self.step + 1
         model.train()
         evaluation: dict[str, float] = {}
         window = _Window(self.device)
         signals = _StopSignals()
+        self.sink = open_sink(self.config.tensorboard if self.ctx.is_main else None, kind, self.step + 1)
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.progress,
-                   desc=f"train {unwrap(self.model).kind}", dynamic_ncols=True)  # type: ignore[attr-defined]
-        with signals.installed(), bar:
+                   desc=f"train {kind}", dynamic_ncols=True)
+        with signals.installed(), bar, self.sink:
             for batch in self._batches():
                 self.step += 1
                 if self.step == first:
@@ -339,9 +360,21 @@ class Trainer:
         rate = window.count * self.config.batch_size / max(seconds, 1e-9)
         record = {"step": self.step, "split": "train", **means, "lr": self.config.lr_at(self.step),
                   f"{self.task.items_name}_per_s": rate, **extra}
-        self.log.log(**record)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
+        self._record(record)
+        codebook_size = getattr(unwrap(self.model).config, "codebook_size", None)  # both stages have one
+        shown = sorted(means, key=lambda name: name != "loss")  # loss first, then the task's metrics
+        bar.set_postfix_str(describe(means, shown, codebook_size), refresh=False)
         window.reset()
+
+    def _record(self, record: dict[str, Any]) -> None:
+        """One metrics.jsonl line, mirrored as TensorBoard scalars when that is on."""
+        self.log.log(**record)
+        self.sink.record(record)
+
+    def _draw(self, figures: dict[str, Figure]) -> None:
+        for name, figure in figures.items():
+            picture = save_grid(self.out_dir / f"{name}.png", figure.images, figure.nrow)
+            self.sink.image(f"eval/{name}", picture, self.step)
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
         result: dict[str, float] = {}
@@ -350,8 +383,10 @@ class Trainer:
             published.eval()
             with torch.no_grad(), self._autocast():
                 result = self.task.evaluate(published, self.step, self.out_dir)
+                figures = self.task.figures(published) if isinstance(self.task, DrawsFigures) else {}
             unwrap(model).train()
-            self.log.log(step=self.step, split="eval", **result)
+            self._record({"step": self.step, "split": "eval", **result})
+            self._draw(figures)
         barrier(self.ctx)
         return broadcast_object(result, self.ctx)
 

@@ -14,6 +14,8 @@ from typing import Any, Callable, Sequence
 from vqgen import __version__
 from vqgen.engine.errors import UsageError, VQGenError
 from vqgen.engine.runtime import describe_machine
+from vqgen.engine.tensorboard import TENSORBOARD_DIR, require_tensorboard
+from vqgen.engine.units import describe
 from vqgen.data.images import DATASETS, open_dataset
 from vqgen.engine.trainer import TrainConfig
 from vqgen.pipeline.evaluate import EvalOptions
@@ -28,6 +30,9 @@ IMAGE_FIELDS = ("in_channels", "image_height", "image_width")
 LATENT_FIELDS = ("codebook_size", "grid_height", "grid_width", "num_classes")
 SHARED_TRAIN = ("seed", "device", "precision", "compile", "num_workers")
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+SET_BY_COMMAND = ("tensorboard",)  # a directory each command chooses; the user gives a bare --tensorboard
+VQVAE_SUMMARY = ("psnr", "codes_used", "perplexity")
+PRIOR_SUMMARY = ("bits_per_code", "unigram_bits_per_code")
 
 
 class _PrintVersion(argparse.Action):
@@ -86,7 +91,22 @@ def _add_eval(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train(parser: argparse.ArgumentParser, prefix: str = "", skip: Sequence[str] = ()) -> None:
-    add_config_options(parser, TrainConfig, prefix=prefix, skip=skip, title=f"{prefix or ''}training options")
+    add_config_options(parser, TrainConfig, prefix=prefix, skip=(*skip, *SET_BY_COMMAND),
+                       title=f"{prefix or ''}training options")
+
+
+def _add_tensorboard(parser: argparse.ArgumentParser, where: str) -> None:
+    parser.add_argument("--tensorboard", action="store_true",
+                        help=f"also write TensorBoard event files under {where} "
+                             "(needs pip install 'vqgen[tensorboard]')")
+
+
+def _tensorboard_dir(args: argparse.Namespace, root: Path) -> str | None:
+    """root/tensorboard with --tensorboard, checked now so a missing package stops the command before any work."""
+    if not args.tensorboard:
+        return None
+    require_tensorboard()
+    return str(root / TENSORBOARD_DIR)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-images", type=_positive("--eval-images"), default=2000, help="held-out images per eval")
     add_config_options(p, VQVAEConfig, skip=IMAGE_FIELDS, title="VQ-VAE options")
     _add_train(p)
+    _add_tensorboard(p, "OUT/tensorboard")
 
     p = sub.add_parser("export", help="encode a split into a latent dataset")
     p.add_argument("--vqvae", required=True, type=Path, help="trained VQ-VAE directory")
@@ -120,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-grids", type=_positive("--eval-grids"), default=2000, help="held-out grids per eval")
     add_config_options(p, PriorConfig, skip=LATENT_FIELDS, title="prior options")
     _add_train(p)
+    _add_tensorboard(p, "OUT/tensorboard")
 
     p = sub.add_parser("sample", help="sample images from a trained prior and VQ-VAE")
     p.add_argument("--vqvae", required=True, type=Path)
@@ -139,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, type=Path, help="run directory (the --out of `vqgen run`)")
     _add_eval(p)
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
+    _add_tensorboard(p, "RUN/tensorboard (judge/, eval/)")
 
     p = sub.add_parser("run", help="train both stages, export, evaluate, sample and report, resuming where it stopped")
     _add_data(p)
@@ -150,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="temperature of the run's sample grid (> 0; default: the one eval chooses, else 1)")
     p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=None,
                    help="run `vqgen eval` after training (default: on, except for --preset quick)")
+    _add_tensorboard(p, "RUN/tensorboard, a sub-run per stage (vqvae/, prior/, judge/, eval/, samples/)")
     add_config_options(p, TrainConfig, skip=[f for f in TRAIN_FIELDS if f not in SHARED_TRAIN],
                        title="options of both stages")
     add_config_options(p, VQVAEConfig, prefix="vqvae-", skip=IMAGE_FIELDS,
@@ -164,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_vqvae(args: argparse.Namespace) -> None:
     from vqgen.stage1_vqvae.train import train_vqvae
 
-    train_config = config_from_args(args, TrainConfig())
+    train_config = config_from_args(args, TrainConfig(), tensorboard=_tensorboard_dir(args, args.out))
     base = VQVAE_PRESETS[args.preset]()
     data = open_dataset(args.data, "train", args.data_root, args.download, size=args.image_size)
     held_out = open_dataset(args.data, "test", args.data_root, args.download, size=args.image_size)
@@ -172,7 +196,7 @@ def _train_vqvae(args: argparse.Namespace) -> None:
     config = config_from_args(args, base, in_channels=info.channels, image_height=info.height,
                               image_width=info.width)
     result = train_vqvae(config, train_config, data, held_out, args.out, eval_images=args.eval_images)
-    print(f"VQ-VAE saved in {args.out}: {_summary(result['evaluation'])}")
+    print(f"VQ-VAE saved in {args.out}: {describe(result['evaluation'], VQVAE_SUMMARY, config.codebook_size)}")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -203,11 +227,11 @@ def _eval_latents(args: argparse.Namespace) -> Path:
 def _train_prior(args: argparse.Namespace) -> None:
     from vqgen.stage2_prior.train import train_prior
 
-    train_config = config_from_args(args, TrainConfig())
+    train_config = config_from_args(args, TrainConfig(), tensorboard=_tensorboard_dir(args, args.out))
     config = config_from_args(args, PRIOR_PRESETS[args.preset]())
     result = train_prior(config, train_config, args.latents, _eval_latents(args), args.out,
                          eval_grids=args.eval_grids)
-    print(f"prior saved in {args.out}: {_summary(result['evaluation'])}")
+    print(f"prior saved in {args.out}: {describe(result['evaluation'], PRIOR_SUMMARY)}")
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -239,7 +263,7 @@ def _eval_options(args: argparse.Namespace) -> EvalOptions:
 def _eval(args: argparse.Namespace) -> None:
     from vqgen.pipeline.evaluate import evaluate_run, summary
 
-    report = evaluate_run(args.run, _eval_options(args))
+    report = evaluate_run(args.run, _eval_options(args), tensorboard=_tensorboard_dir(args, args.run))
     print("\n".join(summary(report)))
     print(f"written to {args.run / 'eval.json'}")
 
@@ -248,7 +272,7 @@ def _run(args: argparse.Namespace) -> None:
     from vqgen.pipeline.run import RunSpec, run
 
     preset = RUN_PRESETS[args.preset]()
-    shared = config_from_args(args, preset.vqvae_train)
+    shared = config_from_args(args, preset.vqvae_train, tensorboard=None)
     shared_values = {name: getattr(shared, name) for name in SHARED_TRAIN}
     if args.temperature is not None and args.temperature <= 0:
         raise UsageError(f"--temperature={args.temperature} is not allowed; must be > 0")
@@ -260,15 +284,17 @@ def _run(args: argparse.Namespace) -> None:
         prior_train=config_from_args(args, preset.prior_train, prefix="prior-", **shared_values),
         eval_images=preset.eval_images, samples=args.samples or 100, temperature=args.temperature)
     evaluate = preset.evaluate if args.eval is None else args.eval
-    report = run(spec, args.out, download=args.download, evaluation=EvalOptions() if evaluate else None)
+    report = run(spec, args.out, download=args.download, evaluation=EvalOptions() if evaluate else None,
+                 tensorboard=args.tensorboard)
     if report:
-        print(f"run finished in {args.out}: VQ-VAE {_summary(report['vqvae']['eval'])}; "
-              f"prior {_summary(report['prior']['eval'])}; samples in {args.out / 'samples' / 'grid.png'}")
+        print(_run_summary(args.out, report))
 
 
-def _summary(metrics: dict) -> str:
-    keys = ("psnr", "codes_used", "perplexity", "bits_per_code", "unigram_bits_per_code")
-    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
+def _run_summary(out: Path, report: dict[str, Any]) -> str:
+    """The closing line: each figure with its unit, codebook use as a count of K."""
+    codebook_size = report["config"]["vqvae"]["codebook_size"]
+    return (f"run finished in {out}: VQ-VAE {describe(report['vqvae']['eval'], VQVAE_SUMMARY, codebook_size)}; "
+            f"prior {describe(report['prior']['eval'], PRIOR_SUMMARY)}; samples in {out / 'samples' / 'grid.png'}")
 
 
 COMMANDS = {"train-vqvae": _train_vqvae, "export": _export, "train-prior": _train_prior,

@@ -11,6 +11,10 @@ as 10 groups, so n stays large enough for 128-dimensional covariances).
 
 The setting with the lowest sample Frechet distance is "chosen": saved beside the prior as its
 sampling defaults (pipeline/generate.py, SamplingDefaults).
+
+With TensorBoard, every set's scores become scalars eval/SET/NAME (SET: real, reconstructions,
+samples-tT-topK, judge, chosen) and each setting's grid the image eval/samples-tT-topK/grid, all
+at the prior's last step.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from vqgen.data.images import ImageDataset
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import write_json
 from vqgen.engine.grids import save_grid
+from vqgen.engine.tensorboard import open_sink, sub_run
 from vqgen.pipeline.fidelity import fidelity
 from vqgen.pipeline.generate import Generator, SamplingDefaults
 from vqgen.pipeline.judge import Judge, train_judge
@@ -103,20 +109,38 @@ def _settings(options: EvalOptions) -> list[tuple[float, int | None]]:
     return [(t, k) for t in options.temperatures for k in options.top_ks]
 
 
-def _grid_name(temperature: float, top_k: int | None) -> str:
-    return f"samples-t{temperature:g}-top{top_k or 'all'}.png"
+def _setting_name(temperature: float, top_k: int | None) -> str:
+    """`samples-t0.9-topall`: the grid's file name (with .png) and its TensorBoard set."""
+    return f"samples-t{temperature:g}-top{top_k or 'all'}"
+
+
+def _show(report: dict[str, Any], grids: dict[str, Image.Image], log_dir: str | None, step: int) -> None:
+    """eval.json's figures as TensorBoard scalars eval/SET/NAME, the sample grids as eval/SET/grid."""
+    with open_sink(log_dir, "eval", step) as sink:
+        sink.record({"step": step, "split": "judge", **report["judge"]})
+        for name in ("real", "reconstructions"):
+            sink.record({"step": step, "split": name, **report[name]})
+        for s in report["samples"]:
+            scores = {k: v for k, v in s.items() if k not in ("temperature", "top_k")}
+            sink.record({"step": step, "split": _setting_name(s["temperature"], s["top_k"]), **scores})
+        sink.record({"step": step, "split": "chosen", **report["chosen"]})
+        for name, picture in grids.items():
+            sink.image(f"{name}/grid", picture, step)
 
 
 def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress: bool = True,
-                 data: tuple[ImageDataset, ImageDataset] | None = None) -> dict[str, Any]:
+                 data: tuple[ImageDataset, ImageDataset] | None = None,
+                 tensorboard: str | Path | None = None) -> dict[str, Any]:
     """Score the run in `out`, write out/eval.json and the chosen sampling defaults; return the figures.
 
-    `data` is the run's (train, test) images when the caller has them open already.
+    `data` is the run's (train, test) images when the caller has them open already; `tensorboard`, the
+    run's TensorBoard directory, gets the judge's training and these figures as sub-runs judge/, eval/.
     """
     out, start = Path(out), time.perf_counter()
     spec = load_spec(out)
     train, test = data or (spec.open_split("train"), spec.open_split("test"))
-    judge, judge_accuracy = train_judge(train, test, out / "judge", options.device, progress)
+    judge, judge_accuracy = train_judge(train, test, out / "judge", options.device, progress,
+                                        sub_run(tensorboard, "judge"))
     generator = Generator.from_pretrained(out / "vqvae", out / "prior", device=options.device)
     judge.to(generator.device)
     rows = held_out(test, options.n_per_class, options.seed)
@@ -131,18 +155,21 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
         "reconstructions": _score(judge, _reconstruct(generator, real), reference, rows.labels),
         "samples": [],
     }
+    grids: dict[str, Image.Image] = {}
     for temperature, top_k in tqdm(_settings(options), desc="eval samples", disable=not progress):
         samples = generator.sample(len(rows.real), labels=sample_labels, temperature=temperature, top_k=top_k,
                                    seed=options.seed, progress=False)
         scored = _score(judge, samples.images, reference, sample_labels)
         report["samples"].append({"temperature": temperature, "top_k": top_k, **scored})
         shown = samples.images.unflatten(0, (-1, rows.per_group))[:, :GRID_PER_CLASS].flatten(0, 1)
-        save_grid(out / "eval" / _grid_name(temperature, top_k), shown, nrow=min(GRID_PER_CLASS, rows.per_group))
+        name = _setting_name(temperature, top_k)
+        grids[name] = save_grid(out / "eval" / f"{name}.png", shown, nrow=min(GRID_PER_CLASS, rows.per_group))
     best = min(report["samples"], key=lambda s: s["frechet"])
     report["chosen"] = {"temperature": best["temperature"], "top_k": best["top_k"]}
     report["seconds"] = time.perf_counter() - start
     SamplingDefaults(best["temperature"], best["top_k"]).save(out / "prior")
     write_json(out / EVAL_FILE, report)
+    _show(report, grids, sub_run(tensorboard, "eval"), spec.prior_train.steps)
     return report
 
 

@@ -156,15 +156,17 @@ def judge_steps(train_size: int) -> int:
 
 
 def train_judge(train: ImageDataset, test: ImageDataset, out_dir: str | Path, device: str = "auto",
-                progress: bool = True) -> tuple[Judge, float]:
-    """The run's judge and its test accuracy: trained once into `out_dir`, then read back from there."""
+                progress: bool = True, tensorboard: str | None = None) -> tuple[Judge, float]:
+    """The run's judge and its test accuracy: trained once into `out_dir`, then read back from there.
+    `tensorboard`: a directory for its TensorBoard events (a runtime option, like `device`)."""
     out_dir = Path(out_dir)
     config = JudgeConfig.for_data(train.info, train.labels is not None)
     steps = judge_steps(len(train))
     if saved_step(out_dir) < steps:
         seed_everything(SEED)
         train_config = TrainConfig(steps=steps, batch_size=min(BATCH, len(train)), lr=LR, seed=SEED, device=device,
-                                   log_every=50, eval_every=steps, checkpoint_every=max(1, steps // 4))
+                                   log_every=50, eval_every=steps, checkpoint_every=max(1, steps // 4),
+                                   tensorboard=tensorboard)
         Trainer(JudgeTask(Judge(config), train, test), train_config, out_dir, progress=progress).fit()
     judge = Judge.from_pretrained(out_dir)
     if judge.config != config:

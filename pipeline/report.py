@@ -11,7 +11,7 @@ from vqgen.data.latents import read_manifest
 from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.runtime import machine
 from vqgen.pipeline.evaluate import EVAL_FILE
-from vqgen.pipeline.plots import Series, plot_curves
+from vqgen.pipeline.plots import Panel, Series, plot_curves
 
 
 def _series(records: list[dict[str, Any]], split: str, key: str) -> Series:
@@ -55,13 +55,23 @@ def write_report(out: Path, spec: dict[str, Any], timings: dict[str, float],
         "machine": machine(),
     }
     write_json(out / "report.json", report)
-    plot_curves(out / "curves.png", {
-        "VQ-VAE reconstruction MSE": {"train": _series(vqvae, "train", "mse"), "eval": _series(vqvae, "eval", "mse")},
-        "VQ-VAE codebook perplexity": {"train (batch)": _series(vqvae, "train", "perplexity"),
-                                       "eval (split)": _series(vqvae, "eval", "perplexity")},
-        "prior bits per code": {"train": _series(prior, "train", "bits_per_code"),
-                                "eval": _series(prior, "eval", "bits_per_code"),
-                                "unigram": _series(prior, "eval", "unigram_bits_per_code")},
-        "VQ-VAE eval PSNR (dB)": {"eval": _series(vqvae, "eval", "psnr")},
-    })
+    plot_curves(out / "curves.png", _panels(vqvae, prior, report["config"]["vqvae"]["codebook_size"]))
     return report
+
+
+def _panels(vqvae: list[dict[str, Any]], prior: list[dict[str, Any]], codebook_size: int) -> list[Panel]:
+    """curves.png: MSE on a log scale (it falls by decades), perplexity against K, bits per code against the
+    unigram baseline, PSNR."""
+    return [
+        Panel("VQ-VAE reconstruction MSE", {"train": _series(vqvae, "train", "mse"),
+                                            "eval": _series(vqvae, "eval", "mse")},
+              "MSE (pixels in [0, 1])", log=True),
+        Panel(f"VQ-VAE codebook perplexity (K = {codebook_size} codes)",
+              {"train (per batch)": _series(vqvae, "train", "perplexity"),
+               "eval (held-out split)": _series(vqvae, "eval", "perplexity")}, "perplexity (codes)"),
+        Panel("prior bits per code", {"train": _series(prior, "train", "bits_per_code"),
+                                      "eval": _series(prior, "eval", "bits_per_code"),
+                                      "unigram baseline (eval)": _series(prior, "eval", "unigram_bits_per_code")},
+              "bits per code"),
+        Panel("VQ-VAE held-out PSNR", {"eval": _series(vqvae, "eval", "psnr")}, "PSNR (dB)"),
+    ]

@@ -2,6 +2,9 @@
 
 Each stage is skipped when its output is complete and resumed when it is not, so running the
 same command again after an interruption finishes the job without redoing any of it.
+
+With TensorBoard, RUN/tensorboard holds one sub-run per stage that runs: vqvae/, prior/, judge/,
+eval/ and samples/.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from PIL import Image
 
 from vqgen.data.images import ImageDataset
 from vqgen.data.latents import MANIFEST, read_manifest
@@ -21,6 +25,7 @@ from vqgen.engine.checkpoint import WEIGHTS_FILE
 from vqgen.engine.distributed import Dist, barrier, init_distributed, local_device
 from vqgen.engine.files import read_json, write_json
 from vqgen.engine.runtime import pick_device
+from vqgen.engine.tensorboard import TENSORBOARD_DIR, open_sink, require_tensorboard, sub_run
 from vqgen.engine.trainer import saved_step
 from vqgen.pipeline.evaluate import EVAL_FILE, EvalOptions, evaluate_run
 from vqgen.pipeline.generate import Generator, save_samples
@@ -69,10 +74,23 @@ def export_split(vqvae_dir: Path, data: ImageDataset, target: Path, device: torc
     return {"images": len(data), "seconds": seconds, "images_per_s": len(data) / max(seconds, 1e-9)}
 
 
+def with_tensorboard(spec: RunSpec, root: Path | None) -> RunSpec:
+    """`spec` whose two training stages write TensorBoard events into root/vqvae and root/prior;
+    unchanged when `root` is None. Fails at once when the tensorboard package is missing."""
+    if root is None:
+        return spec
+    require_tensorboard()
+    return replace(spec, vqvae_train=replace(spec.vqvae_train, tensorboard=sub_run(root, "vqvae")),
+                   prior_train=replace(spec.prior_train, tensorboard=sub_run(root, "prior")))
+
+
 def run(spec: RunSpec, out: str | Path, download: bool = False, progress: bool = True,
-        evaluation: EvalOptions | None = EvalOptions()) -> dict[str, Any]:
-    """The whole pipeline into `out`; returns the report. `evaluation=None` skips `vqgen eval`."""
+        evaluation: EvalOptions | None = EvalOptions(), tensorboard: bool = False) -> dict[str, Any]:
+    """The whole pipeline into `out`; returns the report. `evaluation=None` skips `vqgen eval`;
+    `tensorboard` writes event files under out/tensorboard, a sub-run per stage."""
     out = Path(out)
+    boards = out / TENSORBOARD_DIR if tensorboard else None
+    spec = with_tensorboard(spec, boards)
     train_images, test_images = spec.open_split("train", download), spec.open_split("test", download)
     info = train_images.info
     spec = replace(spec, vqvae=replace(spec.vqvae, in_channels=info.channels, image_height=info.height,
@@ -96,23 +114,24 @@ def run(spec: RunSpec, out: str | Path, download: bool = False, progress: bool =
     evaluate = evaluation is not None and not (out / EVAL_FILE).exists()
     if evaluate and saved_step(out / "judge") < judge_steps(len(train_images)):
         with timings.stage("judge"):  # every torchrun rank trains it; eval below runs on rank 0
-            train_judge(train_images, test_images, out / "judge", spec.prior_train.device, progress)
+            train_judge(train_images, test_images, out / "judge", spec.prior_train.device, progress,
+                        sub_run(boards, "judge"))
     report: dict[str, Any] = {}
     if ctx.is_main:
         if evaluate:
             with timings.stage("eval"):
                 evaluate_run(out, replace(evaluation, device=spec.prior_train.device), progress,
-                             data=(train_images, test_images))
+                             data=(train_images, test_images), tensorboard=boards)
         with timings.stage("sample"):
-            sample_run(out, spec, progress)
+            sample_run(out, spec, progress, sub_run(boards, "samples"))
         report = write_report(out, spec.to_json(), timings.seconds, exports)
     barrier(ctx)
     return report
 
 
-def sample_run(out: Path, spec: RunSpec, progress: bool) -> None:
+def sample_run(out: Path, spec: RunSpec, progress: bool, tensorboard: str | None = None) -> None:
     """The run's sample grid, a row per class when the data is labelled, at the prior's sampling defaults
-    (those `vqgen eval` chose) unless the run fixed a temperature."""
+    (those `vqgen eval` chose) unless the run fixed a temperature; shown in TensorBoard as samples/grid."""
     samples_dir = out / "samples"
     if (samples_dir / "grid.png").exists() and (samples_dir / "codes.npy").exists():
         return
@@ -127,3 +146,6 @@ def sample_run(out: Path, spec: RunSpec, progress: bool) -> None:
     else:
         samples = generator.sample(spec.samples, temperature=spec.temperature, seed=seed, progress=progress)
         save_samples(samples, samples_dir, nrow=10)
+    step = spec.prior_train.steps
+    with open_sink(tensorboard, "samples", step) as sink, Image.open(samples_dir / "grid.png") as picture:
+        sink.image("grid", picture, step)

@@ -16,7 +16,8 @@ from vqgen.stage2_prior.config import PriorConfig
 
 RUN_FILE = "run.json"
 # Options that may differ when a run is resumed: they change how it runs, not what it computes.
-RUNTIME_OPTIONS = ("device", "compile", "num_workers", "log_every", "eval_every", "checkpoint_every")
+RUNTIME_OPTIONS = ("device", "compile", "num_workers", "log_every", "eval_every", "checkpoint_every",
+                   "tensorboard")
 
 
 @dataclass(frozen=True)

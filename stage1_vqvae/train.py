@@ -12,15 +12,15 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vqgen.engine.errors import VQGenError
-from vqgen.engine.grids import save_grid
 from vqgen.data.images import ImageDataset, check_divisible
 from vqgen.engine.runtime import seed_everything
-from vqgen.engine.trainer import StepResult, TrainConfig, Trainer
+from vqgen.engine.trainer import Figure, StepResult, TrainConfig, Trainer
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage1_vqvae.quantizer import usage_stats
 
 EVAL_BATCH = 256
+SHOWN = 32  # held-out images in the reconstruction figure, as 2 x 16 grid cells each: real, decoded
 
 
 def psnr(mse: torch.Tensor | float) -> float:
@@ -87,13 +87,15 @@ class VQVAETask:
 
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
         device = next(model.parameters()).device
-        result = evaluate_vqvae(model, self.held_out, device, self.eval_images)  # type: ignore[arg-type]
-        images, _ = self.held_out.__getitems__(spread_rows(self.held_out, 32))
-        images = images.to(device)
+        return evaluate_vqvae(model, self.held_out, device, self.eval_images)  # type: ignore[arg-type]
+
+    def figures(self, model: nn.Module) -> dict[str, Figure]:
+        """reconstructions(.png): held-out images from every class, each beside its reconstruction."""
+        images, _ = self.held_out.__getitems__(spread_rows(self.held_out, SHOWN))
+        images = images.to(next(model.parameters()).device)
         recon = model(images).reconstruction.float()
         rows = torch.stack([images.cpu(), recon.cpu()], dim=1).flatten(0, 1)  # (2B, C, H, W): real, decoded
-        save_grid(out_dir / "reconstructions.png", rows, nrow=16)
-        return result
+        return {"reconstructions": Figure(rows, nrow=16)}
 
 
 def train_vqvae(config: VQVAEConfig, train: TrainConfig, data: ImageDataset, held_out: ImageDataset,

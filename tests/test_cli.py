@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +27,24 @@ def vqgen(*args: str | Path) -> int:
 
 def test_each_subcommand_end_to_end(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
-    assert vqgen("train-vqvae", "--data", folder, "--out", run / "vqvae", *TINY_VQVAE) == 0
+    assert vqgen("train-vqvae", "--data", folder, "--out", run / "vqvae", *TINY_VQVAE, "--tensorboard") == 0
     for split in ("train", "test"):
         assert vqgen("export", "--vqvae", run / "vqvae", "--data", folder, "--split", split,
                      "--out", run / "latents" / split, "--device", "cpu") == 0
-    assert vqgen("train-prior", "--latents", run / "latents" / "train", "--out", run / "prior", *TINY_PRIOR) == 0
+    assert vqgen("train-prior", "--latents", run / "latents" / "train", "--out", run / "prior", *TINY_PRIOR,
+                 "--tensorboard") == 0
+    for stage in ("vqvae", "prior"):
+        assert len(list((run / stage / "tensorboard").glob("events.out.tfevents.*"))) == 1, stage
     assert vqgen("sample", "--vqvae", run / "vqvae", "--prior", run / "prior", "-n", "6", "--label", "1",
                  "--top-k", "3", "--seed", "1", "--out", run / "samples", "--device", "cpu") == 0
     codes = np.load(run / "samples" / "codes.npy", allow_pickle=False)
     assert codes.shape == (6, 4, 4) and len(list((run / "samples" / "images").glob("*.png"))) == 6
     with Image.open(run / "samples" / "grid.png") as grid:
         assert grid.format == "PNG"
-    assert "6 samples written" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert re.search(r"VQ-VAE saved in .*: PSNR \d+\.\d dB, codes \d+/32 \(\d+%\), perplexity \d+\.\d of 32 codes", out)
+    assert re.search(r"prior saved in .*: \d\.\d{3} bits/code, unigram \d\.\d{3} bits/code", out)
+    assert "6 samples written" in out
 
 
 def test_run_then_run_again_does_no_work(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture) -> None:
@@ -45,6 +52,11 @@ def test_run_then_run_again_does_no_work(tmp_path: Path, folder: Path, capsys: p
     assert vqgen("run", "--data", folder, "--out", out, *TINY_RUN) == 0
     report = json.loads((out / "report.json").read_text())
     assert {"vqvae", "prior", "export", "timings_s", "config", "machine"} <= set(report)
+    used = round(report["vqvae"]["eval"]["codes_used"] * 64)  # a share in report.json, a count of K=64 printed
+    assert re.fullmatch(rf"run finished in {re.escape(str(out))}: VQ-VAE PSNR \d+\.\d dB, codes {used}/64 "
+                        rf"\({round(100 * used / 64)}%\), perplexity \d+\.\d of 64 codes; prior \d\.\d{{3}} bits/code, "
+                        rf"unigram \d\.\d{{3}} bits/code; samples in {re.escape(str(out / 'samples' / 'grid.png'))}",
+                        capsys.readouterr().out.strip())
     assert "bits_per_code" in report["prior"]["eval"] and "psnr" in report["vqvae"]["eval"]
     for name in ("curves.png", "samples/grid.png", "vqvae/reconstructions.png"):
         assert (out / name).exists(), name
