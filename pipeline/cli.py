@@ -64,6 +64,9 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
                        help=f"dataset: {', '.join(DATASETS)}, or a folder of images (default: builtin)")
     group.add_argument("--data-root", help="where torchvision datasets live (e.g. ../shared/data for MNIST)")
     group.add_argument("--download", action="store_true", help="download a torchvision dataset if missing")
+    group.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                       help="decode a folder of images per batch, in the loader's workers (--no-stream: all "
+                            "into memory first; default: stream when a split's pixels exceed 1 GiB)")
     group.add_argument("--image-size", type=_positive("--image-size"),
                        help="resize and centre-crop a folder's images to this square size")
 
@@ -130,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", choices=("train", "test"))
     p.add_argument("--out", required=True, type=Path, help="latent dataset directory to create")
     p.add_argument("--batch-size", type=_positive("--batch-size"), default=256)
+    p.add_argument("--num-workers", type=int, default=0, help="loader processes reading (decoding) images")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
 
     p = sub.add_parser("train-prior", help="train a gated PixelCNN prior on a latent dataset")
@@ -190,8 +194,8 @@ def _train_vqvae(args: argparse.Namespace) -> None:
 
     train_config = config_from_args(args, TrainConfig(), tensorboard=_tensorboard_dir(args, args.out))
     base = VQVAE_PRESETS[args.preset]()
-    data = open_dataset(args.data, "train", args.data_root, args.download, size=args.image_size)
-    held_out = open_dataset(args.data, "test", args.data_root, args.download, size=args.image_size)
+    data, held_out = (open_dataset(args.data, split, args.data_root, args.download, size=args.image_size,
+                                   stream=args.stream, index_dir=args.out) for split in ("train", "test"))
     info = data.info
     config = config_from_args(args, base, in_channels=info.channels, image_height=info.height,
                               image_width=info.width)
@@ -208,8 +212,10 @@ def _export(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     ctx = init_distributed(device)
     model = VQVAE.from_pretrained(args.vqvae).to(local_device(device, ctx))
-    data = open_dataset(args.data, args.split, args.data_root, args.download, size=args.image_size)
-    manifest = export_latents(model, data, args.out, vqvae_dir=args.vqvae, batch_size=args.batch_size, ctx=ctx)
+    data = open_dataset(args.data, args.split, args.data_root, args.download, size=args.image_size,
+                        stream=args.stream, index_dir=args.vqvae)  # reuses the index training wrote there
+    manifest = export_latents(model, data, args.out, vqvae_dir=args.vqvae, batch_size=args.batch_size, ctx=ctx,
+                              num_workers=args.num_workers)
     if ctx.is_main:
         print(f"exported {manifest.count} code grids of {manifest.grid[0]}x{manifest.grid[1]} to {args.out}")
 
@@ -285,7 +291,7 @@ def _run(args: argparse.Namespace) -> None:
         eval_images=preset.eval_images, samples=args.samples or 100, temperature=args.temperature)
     evaluate = preset.evaluate if args.eval is None else args.eval
     report = run(spec, args.out, download=args.download, evaluation=EvalOptions() if evaluate else None,
-                 tensorboard=args.tensorboard)
+                 tensorboard=args.tensorboard, stream=args.stream)
     if report:
         print(_run_summary(args.out, report))
 

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from vqgen.data.images import ImageDataset
+from vqgen.data.images import BatchedImages
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import write_json
 from vqgen.engine.grids import save_grid
@@ -62,7 +62,7 @@ class HeldOut:
     per_group: int
 
 
-def _groups(data: ImageDataset, seed: int) -> list[torch.Tensor]:
+def _groups(data: BatchedImages, seed: int) -> list[torch.Tensor]:
     """Test rows by class; an unlabelled split is shuffled and cut into MIN_GROUPS groups."""
     if data.labels is not None:
         return [(data.labels == c).nonzero().flatten() for c in range(int(data.info.num_classes or 0))]
@@ -70,7 +70,7 @@ def _groups(data: ImageDataset, seed: int) -> list[torch.Tensor]:
     return list(order.tensor_split(MIN_GROUPS))
 
 
-def held_out(data: ImageDataset, n_per_class: int, seed: int) -> HeldOut:
+def held_out(data: BatchedImages, n_per_class: int, seed: int) -> HeldOut:
     """n_per_class real and 2 x n_per_class reference rows from every group, fewer if a group is small."""
     groups = _groups(data, seed)
     per_group = min([n_per_class] + [len(rows) // 3 for rows in groups])
@@ -84,7 +84,7 @@ def held_out(data: ImageDataset, n_per_class: int, seed: int) -> HeldOut:
     return HeldOut(real, reference, labels, per_group)
 
 
-def _images(data: ImageDataset, rows: torch.Tensor) -> torch.Tensor:
+def _images(data: BatchedImages, rows: torch.Tensor) -> torch.Tensor:
     return data.__getitems__(rows.tolist())[0]  # (N, C, H, W)
 
 
@@ -129,7 +129,7 @@ def _show(report: dict[str, Any], grids: dict[str, Image.Image], log_dir: str | 
 
 
 def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress: bool = True,
-                 data: tuple[ImageDataset, ImageDataset] | None = None,
+                 data: tuple[BatchedImages, BatchedImages] | None = None,
                  tensorboard: str | Path | None = None) -> dict[str, Any]:
     """Score the run in `out`, write out/eval.json and the chosen sampling defaults; return the figures.
 

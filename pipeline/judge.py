@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from vqgen.data.images import ImageDataset
+from vqgen.data.images import BatchedImages
 from vqgen.engine.checkpoint import Pretrained
 from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.runtime import seed_everything
@@ -115,7 +115,7 @@ class JudgeTask:
 
     items_name = "images"
 
-    def __init__(self, model: Judge, train: ImageDataset, test: ImageDataset) -> None:
+    def __init__(self, model: Judge, train: BatchedImages, test: BatchedImages) -> None:
         self.model, self.train, self.test = model, train, test
 
     def train_data(self) -> Dataset:
@@ -155,7 +155,7 @@ def judge_steps(train_size: int) -> int:
     return max(1, min(MAX_STEPS, EPOCHS * (train_size // BATCH)))
 
 
-def train_judge(train: ImageDataset, test: ImageDataset, out_dir: str | Path, device: str = "auto",
+def train_judge(train: BatchedImages, test: BatchedImages, out_dir: str | Path, device: str = "auto",
                 progress: bool = True, tensorboard: str | None = None) -> tuple[Judge, float]:
     """The run's judge and its test accuracy: trained once into `out_dir`, then read back from there.
     `tensorboard`: a directory for its TensorBoard events (a runtime option, like `device`)."""

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import torch
 from PIL import Image
 
-from vqgen.data.images import ImageDataset
+from vqgen.data.images import BatchedImages
 from vqgen.data.latents import MANIFEST, read_manifest
 from vqgen.engine.checkpoint import WEIGHTS_FILE
 from vqgen.engine.distributed import Dist, barrier, init_distributed, local_device
@@ -58,8 +58,8 @@ def _export_current(target: Path, vqvae_sha: str) -> bool:
     return (target / MANIFEST).exists() and read_manifest(target).vqvae.get("sha256") == vqvae_sha
 
 
-def export_split(vqvae_dir: Path, data: ImageDataset, target: Path, device: torch.device, ctx: Dist,
-                 progress: bool) -> dict[str, float]:
+def export_split(vqvae_dir: Path, data: BatchedImages, target: Path, device: torch.device, ctx: Dist,
+                 progress: bool, num_workers: int = 0) -> dict[str, float]:
     """Export one split unless a current export is there; re-export latents of an older VQ-VAE."""
     sha = file_sha256(vqvae_dir / WEIGHTS_FILE)
     if _export_current(target, sha):
@@ -69,7 +69,7 @@ def export_split(vqvae_dir: Path, data: ImageDataset, target: Path, device: torc
     barrier(ctx)
     model = VQVAE.from_pretrained(vqvae_dir).to(device)
     start = time.perf_counter()
-    export_latents(model, data, target, vqvae_dir=vqvae_dir, ctx=ctx, progress=progress)
+    export_latents(model, data, target, vqvae_dir=vqvae_dir, ctx=ctx, progress=progress, num_workers=num_workers)
     seconds = time.perf_counter() - start
     return {"images": len(data), "seconds": seconds, "images_per_s": len(data) / max(seconds, 1e-9)}
 
@@ -85,13 +85,15 @@ def with_tensorboard(spec: RunSpec, root: Path | None) -> RunSpec:
 
 
 def run(spec: RunSpec, out: str | Path, download: bool = False, progress: bool = True,
-        evaluation: EvalOptions | None = EvalOptions(), tensorboard: bool = False) -> dict[str, Any]:
+        evaluation: EvalOptions | None = EvalOptions(), tensorboard: bool = False,
+        stream: bool | None = None) -> dict[str, Any]:
     """The whole pipeline into `out`; returns the report. `evaluation=None` skips `vqgen eval`;
-    `tensorboard` writes event files under out/tensorboard, a sub-run per stage."""
+    `tensorboard` writes event files under out/tensorboard, a sub-run per stage; `stream` decodes a
+    folder per batch (True), all into memory first (False), or by its size (None)."""
     out = Path(out)
     boards = out / TENSORBOARD_DIR if tensorboard else None
     spec = with_tensorboard(spec, boards)
-    train_images, test_images = spec.open_split("train", download), spec.open_split("test", download)
+    train_images, test_images = (spec.open_split(split, download, stream, index_dir=out) for split in ("train", "test"))
     info = train_images.info
     spec = replace(spec, vqvae=replace(spec.vqvae, in_channels=info.channels, image_height=info.height,
                                        image_width=info.width))
@@ -106,7 +108,8 @@ def run(spec: RunSpec, out: str | Path, download: bool = False, progress: bool =
     exports = {}
     for split, data in (("train", train_images), ("test", test_images)):
         with timings.stage(f"export_{split}"):
-            exports[split] = export_split(out / "vqvae", data, out / "latents" / split, device, ctx, progress)
+            exports[split] = export_split(out / "vqvae", data, out / "latents" / split, device, ctx, progress,
+                                          spec.vqvae_train.num_workers)
     if saved_step(out / "prior") < spec.prior_train.steps:
         with timings.stage("prior"):
             train_prior(spec.prior, spec.prior_train, out / "latents" / "train", out / "latents" / "test",

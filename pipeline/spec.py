@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vqgen.data.images import ImageDataset, open_dataset
+from vqgen.data.images import BatchedImages, open_dataset
 from vqgen.engine.configs import config_from_dict
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import read_json, write_json
@@ -38,9 +38,12 @@ class RunSpec:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def open_split(self, split: str, download: bool = False) -> ImageDataset:
-        """The run's images of `split`, the same way for every stage that reads them."""
-        return open_dataset(self.data, split, self.data_root, download, size=self.image_size)
+    def open_split(self, split: str, download: bool = False, stream: bool | None = None,
+                   index_dir: Path | None = None) -> BatchedImages:
+        """The run's images of `split`, the same way for every stage that reads them (`stream` and the
+        folder index's cache directory change how a folder is read, never what it holds)."""
+        return open_dataset(self.data, split, self.data_root, download, size=self.image_size, stream=stream,
+                            index_dir=index_dir)
 
     @classmethod
     def from_json(cls, raw: dict[str, Any], source: str) -> "RunSpec":

@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from vqgen.engine.batches import make_loader
 from vqgen.engine.checkpoint import WEIGHTS_FILE
-from vqgen.data.images import ImageDataset
+from vqgen.data.images import BatchedImages
 from vqgen.data.latents import LatentManifest, LatentWriter
 from vqgen.engine.distributed import Dist, barrier, broadcast_object
 from vqgen.stage1_vqvae.model import VQVAE
@@ -30,12 +31,14 @@ def shard(count: int, ctx: Dist) -> range:
 
 
 @torch.no_grad()
-def export_latents(model: VQVAE, data: ImageDataset, out: str | Path, vqvae_dir: str | Path | None = None,
-                   batch_size: int = 256, ctx: Dist = Dist(), progress: bool = True) -> LatentManifest:
+def export_latents(model: VQVAE, data: BatchedImages, out: str | Path, vqvae_dir: str | Path | None = None,
+                   batch_size: int = 256, ctx: Dist = Dist(), progress: bool = True,
+                   num_workers: int = 0) -> LatentManifest:
     """Encode `data` in eval mode into the latent dataset `out`; memory stays bounded by the batch.
 
     Under torchrun each rank encodes its shard into the same memory-mapped files, so the result
-    equals a single-process export byte for byte.
+    equals a single-process export byte for byte. `num_workers` loader processes read (for a
+    streamed folder: decode) the images while the model encodes.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -56,12 +59,12 @@ def export_latents(model: VQVAE, data: ImageDataset, out: str | Path, vqvae_dir:
     if error is not None:
         raise error
     rows = shard(len(data), ctx)
-    starts = range(rows.start, rows.stop, batch_size)
-    for start in tqdm(starts, desc=f"export {info.split}", disable=not (progress and ctx.is_main)):
-        indices = list(range(start, min(start + batch_size, rows.stop)))
-        images, labels = data.__getitems__(indices)
+    batches = [list(range(start, min(start + batch_size, rows.stop))) for start in range(rows.start, rows.stop, batch_size)]
+    loader = make_loader(data, batches, num_workers, device.type == "cuda")
+    for indices, (images, labels) in zip(batches, tqdm(loader, desc=f"export {info.split}",
+                                                        disable=not (progress and ctx.is_main))):
         codes = model.encode(images.to(device))  # (B, h, w)
-        writer.write(start, codes, labels if data.labels is not None else None)
+        writer.write(indices[0], codes, labels if data.labels is not None else None)
     barrier(ctx)
     if ctx.is_main:
         writer.commit()

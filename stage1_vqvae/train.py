@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vqgen.engine.errors import VQGenError
-from vqgen.data.images import ImageDataset, check_divisible
+from vqgen.data.images import BatchedImages, check_divisible
 from vqgen.engine.runtime import seed_everything
 from vqgen.engine.trainer import Figure, StepResult, TrainConfig, Trainer
 from vqgen.stage1_vqvae.config import VQVAEConfig
@@ -28,7 +28,7 @@ def psnr(mse: torch.Tensor | float) -> float:
     return -10.0 * math.log10(max(float(mse), 1e-12))
 
 
-def spread_rows(data: ImageDataset, count: int) -> list[int]:
+def spread_rows(data: BatchedImages, count: int) -> list[int]:
     """`count` rows taken in turn from each class (evenly spaced rows when unlabelled): a folder sorted
     by class would otherwise show, and evaluate, its first class only."""
     count = min(count, len(data))
@@ -42,7 +42,7 @@ def spread_rows(data: ImageDataset, count: int) -> list[int]:
 
 
 @torch.no_grad()
-def evaluate_vqvae(model: VQVAE, data: ImageDataset, device: torch.device, limit: int | None = None) -> dict[str, float]:
+def evaluate_vqvae(model: VQVAE, data: BatchedImages, device: torch.device, limit: int | None = None) -> dict[str, float]:
     """Held-out MSE, PSNR, perplexity and codebook use, over `limit` images spread over the classes."""
     rows = spread_rows(data, len(data) if limit is None else limit)
     sq_error, pixels = 0.0, 0
@@ -64,7 +64,7 @@ class VQVAETask:
 
     items_name = "images"
 
-    def __init__(self, model: VQVAE, train: ImageDataset, held_out: ImageDataset, eval_images: int) -> None:
+    def __init__(self, model: VQVAE, train: BatchedImages, held_out: BatchedImages, eval_images: int) -> None:
         self.model, self.train, self.held_out, self.eval_images = model, train, held_out, eval_images
 
     def train_data(self) -> Dataset:
@@ -98,7 +98,7 @@ class VQVAETask:
         return {"reconstructions": Figure(rows, nrow=16)}
 
 
-def train_vqvae(config: VQVAEConfig, train: TrainConfig, data: ImageDataset, held_out: ImageDataset,
+def train_vqvae(config: VQVAEConfig, train: TrainConfig, data: BatchedImages, held_out: BatchedImages,
                 out_dir: str | Path, eval_images: int = 2000, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a VQ-VAE into `out_dir`; return the final evaluation and throughput."""
     check_divisible(data.info, config.downsample_factor)

@@ -57,11 +57,13 @@ def test_image_size_must_divide() -> None:
         VQVAEConfig.tiny(image_height=30)
 
 
-def test_export_round_trip(tmp_path: Path, digits: tuple[ImageDataset, ImageDataset]) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_export_round_trip(tmp_path: Path, digits: tuple[ImageDataset, ImageDataset], workers: int) -> None:
     train, _ = digits
     model = VQVAE(VQVAEConfig.tiny(codebook_size=300)).eval()
     model.save_pretrained(tmp_path / "vqvae")
-    manifest = export_latents(model, train, tmp_path / "latents", vqvae_dir=tmp_path / "vqvae", batch_size=10)
+    manifest = export_latents(model, train, tmp_path / "latents", vqvae_dir=tmp_path / "vqvae", batch_size=10,
+                              num_workers=workers)
     codes = np.load(tmp_path / "latents" / "codes.npy", mmap_mode="r", allow_pickle=False)
     images, labels = train.__getitems__(list(range(len(train))))
     assert codes.dtype == np.uint16 and manifest.count == len(train)

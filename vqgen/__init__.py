@@ -12,7 +12,7 @@ line, the end-to-end run, sampling to images). The names below are the public AP
 
 __version__ = "0.2.0"
 
-from vqgen.data.images import ImageDataset, open_dataset
+from vqgen.data.images import BatchedImages, ImageDataset, open_dataset
 from vqgen.data.latents import LatentDataset, LatentManifest, read_manifest
 from vqgen.engine.errors import UsageError, VQGenError
 from vqgen.engine.trainer import TrainConfig
@@ -28,7 +28,7 @@ from vqgen.stage2_prior.sampling import sample as sample_codes
 from vqgen.stage2_prior.train import train_prior
 
 __all__ = [
-    "GatedPixelCNN", "Generator", "ImageDataset", "LatentDataset", "LatentManifest", "PriorConfig", "RunSpec",
+    "BatchedImages", "GatedPixelCNN", "Generator", "ImageDataset", "LatentDataset", "LatentManifest", "PriorConfig", "RunSpec",
     "Samples", "TrainConfig", "UsageError", "VQGenError", "VQVAE", "VQVAEConfig", "__version__", "export_latents",
     "open_dataset", "read_manifest", "run", "sample_codes", "save_samples", "train_prior", "train_vqvae",
 ]
