@@ -28,6 +28,24 @@ def pick_device(name: str = "auto") -> torch.device:
         raise UsageError(f"--device={name!r} is not a device; use auto, cpu or cuda[:N]") from None
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bfloat16 natively: CUDA GPUs from Ampere on, CPUs with AVX512-BF16
+    or AMX. Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' is bf16 autocast where the hardware computes bf16 natively, fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -29,7 +29,7 @@ from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import load_tensors, read_json, save_tensors, write_json
 from vqgen.engine.grids import save_grid
 from vqgen.engine.metrics_log import MetricsLog
-from vqgen.engine.runtime import pick_device, rng_state, set_rng_state
+from vqgen.engine.runtime import pick_device, resolve_precision, rng_state, set_rng_state
 from vqgen.engine.tensorboard import Sink, open_sink
 from vqgen.engine.units import describe
 
@@ -49,7 +49,7 @@ class TrainConfig:
     lr: float = 2e-4
     grad_clip: float = 0.0
     seed: int = 0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     device: str = "auto"
     compile: bool = False
     num_workers: int = 0
@@ -183,7 +183,8 @@ class Trainer:
         self.sink = Sink()  # TensorBoard, opened in fit() once the resumed step is known
         self.model = task.model.to(self.device)
         self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.precision = resolve_precision(config.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.average = WeightAverage(self.model, config.ema) if config.ema else None
         self.step = 0
         self.elapsed = 0.0
@@ -273,7 +274,7 @@ class Trainer:
         return model, self._step(model, batch)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _batches(self) -> Iterator[Any]:
@@ -306,6 +307,8 @@ class Trainer:
         window = _Window(self.device)
         signals = _StopSignals()
         self.sink = open_sink(self.config.tensorboard if self.ctx.is_main else None, kind, self.step + 1)
+        self.log.log(step=self.step, split="setup", device=str(self.device), precision=self.precision,
+                     processes=self.ctx.world)
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.progress,
                    desc=f"train {kind}", dynamic_ncols=True)
         with signals.installed(), bar, self.sink:

@@ -36,7 +36,8 @@ HELP = {
     "lr": "Adam learning rate",
     "grad_clip": "clip the gradient norm to this (0: off)",
     "seed": "fixes data order, initialisation and sampling",
-    "precision": "autocast precision; quantizer distances and EMA always stay fp32",
+    "precision": "autocast precision (auto: bf16 where the CPU or GPU computes it natively, else fp32); "
+                 "quantizer distances and EMA always stay fp32",
     "device": "auto (GPU when present), cpu or cuda[:N]",
     "compile": "torch.compile the model (falls back with a warning where unsupported)",
     "num_workers": "data-loader worker processes",

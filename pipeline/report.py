@@ -29,7 +29,8 @@ def _mean(records: list[dict[str, Any]], key: str) -> float | None:
 
 
 def _stage(records: list[dict[str, Any]], rate: str) -> dict[str, Any]:
-    return {"eval": _last(records, "eval"), "train": _last(records, "train"), f"train_{rate}": _mean(records, rate)}
+    return {"eval": _last(records, "eval"), "train": _last(records, "train"), f"train_{rate}": _mean(records, rate),
+            "setup": _last(records, "setup")}
 
 
 def _trained_config(directory: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import torch
 from vqgen.engine.errors import UsageError, VQGenError
 from vqgen.engine.files import load_tensors
 from vqgen.engine.metrics_log import read_metrics
+from vqgen.engine.runtime import native_bf16, resolve_precision
 from vqgen.engine.trainer import TrainConfig, Trainer, saved_step
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.model import GatedPixelCNN
@@ -94,3 +95,12 @@ def test_bad_options_are_named(option: str, value: object, message: str) -> None
 
     with pytest.raises((UsageError, VQGenError), match=message):
         config_from_dict(TrainConfig, {**config_to_dict(TrainConfig()), option: value})
+
+
+def test_auto_precision_is_resolved_by_the_hardware_and_logged(latents: tuple[Path, Path], tmp_path: Path) -> None:
+    cpu = torch.device("cpu")
+    expected = "bf16" if native_bf16(cpu) else "fp32"
+    assert resolve_precision("auto", cpu) == expected and resolve_precision("fp16", cpu) == "fp16"
+    train_prior(PriorConfig.tiny(), replace(SMOOTH, precision="auto"), *latents, tmp_path / "prior", progress=False)
+    (setup,) = [r for r in read_metrics(tmp_path / "prior" / "metrics.jsonl") if r["split"] == "setup"]
+    assert setup == {"step": 0, "split": "setup", "device": "cpu", "precision": expected, "processes": 1}
