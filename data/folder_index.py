@@ -85,7 +85,10 @@ def _stored(index_path: Path, root: str) -> dict[str, Entry]:
         return {}
     if not isinstance(raw, dict) or (raw.get("format"), raw.get("version"), raw.get("root")) != (FORMAT, VERSION, root):
         return {}
-    return {row[0]: Entry(*row) for row in raw["files"]}
+    try:
+        return {row[0]: Entry(*row) for row in raw["files"]}
+    except (KeyError, TypeError, IndexError):  # a mangled cache is rebuilt, as an unreadable one is
+        return {}
 
 
 def _save(index_path: Path, root: str, entries: list[Entry]) -> None:

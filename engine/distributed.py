@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from vqgen.engine.runtime import pick_device
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -40,8 +42,14 @@ def init_distributed(device: torch.device) -> Dist:
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank)
 
 
-def local_device(device: torch.device, ctx: Dist) -> torch.device:
-    return torch.device("cuda", ctx.local_rank) if device.type == "cuda" else device
+def process_device(name: str) -> tuple[Dist, torch.device]:
+    """This process's place in a torchrun job and the device it computes on: the device `name` picks
+    ("auto", "cpu", "cuda:1", ...), or under torchrun on GPUs the GPU of the process's local rank."""
+    device = pick_device(name)
+    ctx = init_distributed(device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    return ctx, device
 
 
 def barrier(ctx: Dist) -> None:

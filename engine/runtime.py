@@ -55,15 +55,17 @@ def seed_everything(seed: int) -> None:
 def rng_state() -> dict[str, Any]:
     """Every RNG a training step may draw from, as tensors (checkpoints stay weights-only)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():  # a run on the CPU never wakes the GPUs just to save their state
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore `rng_state()`; GPUs this machine lacks are skipped (their streams were never used here)."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def cpu_model() -> str:

@@ -12,7 +12,7 @@ import math
 import signal
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -24,12 +24,12 @@ from vqgen.engine.averaging import WeightAverage
 from vqgen.engine.batches import ResumableBatches, make_loader
 from vqgen.engine.checkpoint import Pretrained, load_state_into, unwrap, write_config
 from vqgen.engine.configs import config_from_dict, config_to_dict, require
-from vqgen.engine.distributed import Dist, barrier, broadcast_object, init_distributed, local_device
+from vqgen.engine.distributed import Dist, barrier, broadcast_object, process_device
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import load_tensors, read_json, save_tensors, write_json
 from vqgen.engine.grids import save_grid
 from vqgen.engine.metrics_log import MetricsLog
-from vqgen.engine.runtime import pick_device, resolve_precision, rng_state, set_rng_state
+from vqgen.engine.runtime import resolve_precision, rng_state, set_rng_state
 from vqgen.engine.tensorboard import Sink, open_sink
 from vqgen.engine.units import describe
 
@@ -176,8 +176,7 @@ class Trainer:
 
     def __init__(self, task: TrainTask, config: TrainConfig, out_dir: str | Path, progress: bool = True) -> None:
         self.task, self.config, self.out_dir = task, config, Path(out_dir)
-        self.ctx: Dist = init_distributed(pick_device(config.device))
-        self.device = local_device(pick_device(config.device), self.ctx)
+        self.ctx, self.device = process_device(config.device)
         self.progress = progress and self.ctx.is_main
         self.log = MetricsLog(self.out_dir / METRICS_FILE, enabled=self.ctx.is_main)
         self.sink = Sink()  # TensorBoard, opened in fit() once the resumed step is known
@@ -190,6 +189,11 @@ class Trainer:
         self.elapsed = 0.0
 
     # ---- checkpoints -------------------------------------------------------------------------
+    def _as_run(self) -> TrainConfig:
+        """The config as this machine runs it: precision "auto" resolved, so that a resume on hardware
+        that would resolve it otherwise is refused, and "auto" equals what it resolves to."""
+        return replace(self.config, precision=self.precision)
+
     def _check_same_run(self) -> None:
         model: Pretrained = unwrap(self.model)  # type: ignore[assignment]
         saved_model = type(model).load_config(self.out_dir)
@@ -197,8 +201,9 @@ class Trainer:
             raise VQGenError(f"{self.out_dir} holds a run with another model config; resume it with the "
                              f"same options or choose a new --out (saved: {saved_model})")
         saved = config_from_dict(TrainConfig, read_json(self.out_dir / TRAIN_CONFIG_FILE, "training config"))
-        changed = [f"{k}: {getattr(saved, k)} -> {getattr(self.config, k)}"
-                   for k in self.config.binding() if getattr(saved, k) != getattr(self.config, k)]
+        current = self._as_run()
+        changed = [f"{k}: {getattr(saved, k)} -> {getattr(current, k)}"
+                   for k in current.binding() if getattr(saved, k) != getattr(current, k)]
         if changed:
             raise VQGenError(f"{self.out_dir} was trained with other options ({'; '.join(changed)}); "
                              "resume with the same options or choose a new --out")
@@ -211,7 +216,7 @@ class Trainer:
             if self.ctx.is_main:
                 model: Pretrained = unwrap(self.model)  # type: ignore[assignment]
                 write_config(self.out_dir, model.kind, model.config, model.version)
-                write_json(self.out_dir / TRAIN_CONFIG_FILE, config_to_dict(self.config))
+                write_json(self.out_dir / TRAIN_CONFIG_FILE, config_to_dict(self._as_run()))
             return
         self._check_same_run()
         state = load_tensors(self.out_dir / STATE_FILE, what="training state")
@@ -364,7 +369,7 @@ class Trainer:
         record = {"step": self.step, "split": "train", **means, "lr": self.config.lr_at(self.step),
                   f"{self.task.items_name}_per_s": rate, **extra}
         self._record(record)
-        codebook_size = getattr(unwrap(self.model).config, "codebook_size", None)  # both stages have one
+        codebook_size = getattr(unwrap(self.model).config, "codebook_size", None)  # both stages, not the judge
         shown = sorted(means, key=lambda name: name != "loss")  # loss first, then the task's metrics
         bar.set_postfix_str(describe(means, shown, codebook_size), refresh=False)
         window.reset()

@@ -90,7 +90,7 @@ def _add_eval(parser: argparse.ArgumentParser) -> None:
                        f"{' '.join(map(str, defaults.temperatures))})")
     group.add_argument("--top-k", dest="top_ks", type=_top_k, nargs="+", default=defaults.top_ks, metavar="K",
                        help="top-k values to score, 'none' for all codes (default: none)")
-    group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the held-out choice and the samples")
+    group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the samples (and of the held-out choice when unlabelled)")
 
 
 def _add_train(parser: argparse.ArgumentParser, prefix: str = "", skip: Sequence[str] = ()) -> None:
@@ -204,14 +204,12 @@ def _train_vqvae(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from vqgen.engine.distributed import init_distributed, local_device
-    from vqgen.engine.runtime import pick_device
+    from vqgen.engine.distributed import process_device
     from vqgen.stage1_vqvae.export import export_latents
     from vqgen.stage1_vqvae.model import VQVAE
 
-    device = pick_device(args.device)
-    ctx = init_distributed(device)
-    model = VQVAE.from_pretrained(args.vqvae).to(local_device(device, ctx))
+    ctx, device = process_device(args.device)
+    model = VQVAE.from_pretrained(args.vqvae).to(device)
     data = open_dataset(args.data, args.split, args.data_root, args.download, size=args.image_size,
                         stream=args.stream, index_dir=args.vqvae)  # reuses the index training wrote there
     manifest = export_latents(model, data, args.out, vqvae_dir=args.vqvae, batch_size=args.batch_size, ctx=ctx,

@@ -33,10 +33,12 @@ from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import write_json
 from vqgen.engine.grids import save_grid
 from vqgen.engine.tensorboard import open_sink, sub_run
-from vqgen.pipeline.fidelity import fidelity
+from vqgen.pipeline.fidelity import NEIGHBOURS, fidelity
 from vqgen.pipeline.generate import Generator, SamplingDefaults
 from vqgen.pipeline.judge import Judge, train_judge
 from vqgen.pipeline.spec import load_spec
+from vqgen.stage1_vqvae.model import VQVAE
+from vqgen.stage2_prior.model import GatedPixelCNN
 
 EVAL_FILE = "eval.json"
 MIN_GROUPS = 10
@@ -74,10 +76,11 @@ def held_out(data: BatchedImages, n_per_class: int, seed: int) -> HeldOut:
     """n_per_class real and 2 x n_per_class reference rows from every group, fewer if a group is small."""
     groups = _groups(data, seed)
     per_group = min([n_per_class] + [len(rows) // 3 for rows in groups])
-    if per_group < 2:
+    if per_group < 1 or per_group * len(groups) <= NEIGHBOURS:
         smallest = min(len(rows) for rows in groups)
-        raise VQGenError(f"the test split has a class (or group) of only {smallest} images; eval needs 3 per "
-                         "sample of each class, at least 6: add test images or use --n-per-class 2")
+        raise VQGenError(f"the test split is too small to evaluate: its smallest class (or group) has {smallest} "
+                         f"images, and eval needs 3 held-out images per sample and more than {NEIGHBOURS} "
+                         "samples in all; add test images")
     real = torch.cat([rows[:per_group] for rows in groups])
     reference = torch.cat([rows[per_group:3 * per_group] for rows in groups])
     labels = data.labels[real] if data.labels is not None else None
@@ -138,10 +141,12 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
     """
     out, start = Path(out), time.perf_counter()
     spec = load_spec(out)
-    train, test = data or (spec.open_split("train"), spec.open_split("test"))
+    train, test = data or (spec.open_split("train", index_dir=out), spec.open_split("test", index_dir=out))
     judge, judge_accuracy = train_judge(train, test, out / "judge", options.device, progress,
                                         sub_run(tensorboard, "judge"))
-    generator = Generator.from_pretrained(out / "vqvae", out / "prior", device=options.device)
+    # not from_pretrained: the prior's saved defaults must not stand in for the settings asked for
+    generator = Generator(VQVAE.from_pretrained(out / "vqvae"), GatedPixelCNN.from_pretrained(out / "prior"),
+                          device=options.device)
     judge.to(generator.device)
     rows = held_out(test, options.n_per_class, options.seed)
     reference = judge.embed(_images(test, rows.reference))[0]
@@ -167,8 +172,8 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
     best = min(report["samples"], key=lambda s: s["frechet"])
     report["chosen"] = {"temperature": best["temperature"], "top_k": best["top_k"]}
     report["seconds"] = time.perf_counter() - start
-    SamplingDefaults(best["temperature"], best["top_k"]).save(out / "prior")
     write_json(out / EVAL_FILE, report)
+    SamplingDefaults(best["temperature"], best["top_k"]).save(out / "prior")  # last: it marks eval as done
     _show(report, grids, sub_run(tensorboard, "eval"), spec.prior_train.steps)
     return report
 

@@ -103,11 +103,11 @@ class Generator:
 
 
 def save_samples(samples: Samples, out_dir: str | Path, nrow: int = 8) -> None:
-    """grid.png, one PNG per image and codes.npy (+ labels.npy) in `out_dir`."""
+    """One PNG per image, codes.npy (+ labels.npy), and grid.png last: its presence means the rest is there."""
     out = Path(out_dir)
-    save_grid(out / "grid.png", samples.images, nrow=nrow)
     for i, image in enumerate(samples.images):
         save_grid(out / "images" / f"{i:04d}.png", image[None], nrow=1)
     save_array(out / "codes.npy", samples.codes.numpy())
     if samples.labels is not None:
         save_array(out / "labels.npy", samples.labels.numpy())
+    save_grid(out / "grid.png", samples.images, nrow=nrow)

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from vqgen.data.images import BatchedImages
 from vqgen.engine.checkpoint import Pretrained
+from vqgen.engine.errors import VQGenError
 from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.runtime import seed_everything
 from vqgen.engine.trainer import METRICS_FILE, StepResult, TrainConfig, Trainer, saved_step
@@ -102,7 +103,7 @@ def rotate(images: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:
 
 
 def rotation_targets(config: JudgeConfig, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(count,) rotation classes, and the quarter turns they stand for: 0..3, or 0/2 (as 0/1) when not square."""
+    """(count,) rotation classes drawn uniformly: 0..3, or 0..1 when the images are not square (`quarter_turns`)."""
     return torch.randint(0, config.num_classes, (count,), generator=generator)
 
 
@@ -170,6 +171,7 @@ def train_judge(train: BatchedImages, test: BatchedImages, out_dir: str | Path, 
         Trainer(JudgeTask(Judge(config), train, test), train_config, out_dir, progress=progress).fit()
     judge = Judge.from_pretrained(out_dir)
     if judge.config != config:
-        raise ValueError(f"{out_dir} holds a judge for {judge.config}, not for this data ({config})")
+        raise VQGenError(f"{out_dir} holds a judge for other data ({judge.config}; this data needs {config}); "
+                         "remove that directory to train a new judge")
     accuracy = [r["test_accuracy"] for r in read_metrics(out_dir / METRICS_FILE) if "test_accuracy" in r]
     return judge, float(accuracy[-1])

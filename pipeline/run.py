@@ -22,13 +22,12 @@ from PIL import Image
 from vqgen.data.images import BatchedImages
 from vqgen.data.latents import MANIFEST, read_manifest
 from vqgen.engine.checkpoint import WEIGHTS_FILE
-from vqgen.engine.distributed import Dist, barrier, init_distributed, local_device
+from vqgen.engine.distributed import Dist, barrier, process_device
 from vqgen.engine.files import read_json, write_json
-from vqgen.engine.runtime import pick_device
 from vqgen.engine.tensorboard import TENSORBOARD_DIR, open_sink, require_tensorboard, sub_run
 from vqgen.engine.trainer import saved_step
-from vqgen.pipeline.evaluate import EVAL_FILE, EvalOptions, evaluate_run
-from vqgen.pipeline.generate import Generator, save_samples
+from vqgen.pipeline.evaluate import EvalOptions, evaluate_run
+from vqgen.pipeline.generate import SAMPLING_FILE, Generator, save_samples
 from vqgen.pipeline.judge import judge_steps, train_judge
 from vqgen.pipeline.report import write_report
 from vqgen.pipeline.spec import RunSpec, claim_run_dir
@@ -103,8 +102,7 @@ def run(spec: RunSpec, out: str | Path, download: bool = False, progress: bool =
         with timings.stage("vqvae"):
             train_vqvae(spec.vqvae, spec.vqvae_train, train_images, test_images, out / "vqvae",
                         eval_images=spec.eval_images, progress=progress)
-    ctx = init_distributed(pick_device(spec.vqvae_train.device))
-    device = local_device(pick_device(spec.vqvae_train.device), ctx)
+    ctx, device = process_device(spec.vqvae_train.device)
     exports = {}
     for split, data in (("train", train_images), ("test", test_images)):
         with timings.stage(f"export_{split}"):
@@ -114,7 +112,7 @@ def run(spec: RunSpec, out: str | Path, download: bool = False, progress: bool =
         with timings.stage("prior"):
             train_prior(spec.prior, spec.prior_train, out / "latents" / "train", out / "latents" / "test",
                         out / "prior", eval_grids=spec.eval_images, progress=progress)
-    evaluate = evaluation is not None and not (out / EVAL_FILE).exists()
+    evaluate = evaluation is not None and not (out / "prior" / SAMPLING_FILE).exists()  # eval writes it last
     if evaluate and saved_step(out / "judge") < judge_steps(len(train_images)):
         with timings.stage("judge"):  # every torchrun rank trains it; eval below runs on rank 0
             train_judge(train_images, test_images, out / "judge", spec.prior_train.device, progress,
@@ -136,7 +134,7 @@ def sample_run(out: Path, spec: RunSpec, progress: bool, tensorboard: str | None
     """The run's sample grid, a row per class when the data is labelled, at the prior's sampling defaults
     (those `vqgen eval` chose) unless the run fixed a temperature; shown in TensorBoard as samples/grid."""
     samples_dir = out / "samples"
-    if (samples_dir / "grid.png").exists() and (samples_dir / "codes.npy").exists():
+    if (samples_dir / "grid.png").exists():  # written last
         return
     generator = Generator.from_pretrained(out / "vqvae", out / "prior", device=spec.prior_train.device)
     seed = spec.prior_train.seed

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal
 
 from vqgen.engine.configs import require
+from vqgen.engine.errors import VQGenError
 from vqgen.stage1_vqvae.quantizer import QuantizerConfig
 
 
@@ -51,6 +52,13 @@ class VQVAEConfig:
     @property
     def downsample_factor(self) -> int:
         return 2 ** self.downsamples
+
+    def check_images(self, channels: int, height: int, width: int) -> None:
+        """Images of another shape would fail deep inside a convolution; say both shapes instead."""
+        if (channels, height, width) != (self.in_channels, self.image_height, self.image_width):
+            raise VQGenError(f"images are {channels}x{height}x{width} but the VQ-VAE was built for "
+                             f"{self.in_channels}x{self.image_height}x{self.image_width}; use the images it "
+                             "was trained on (or --image-size for a folder)")
 
     @property
     def grid(self) -> tuple[int, int]:

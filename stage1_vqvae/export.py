@@ -43,6 +43,7 @@ def export_latents(model: VQVAE, data: BatchedImages, out: str | Path, vqvae_dir
     model.eval()
     device = next(model.parameters()).device
     info = data.info
+    model.config.check_images(info.channels, info.height, info.width)
     manifest = LatentManifest(
         count=len(data), grid=model.config.grid, codebook_size=model.config.codebook_size,
         num_classes=info.num_classes if data.labels is not None else None, source=info.source(),

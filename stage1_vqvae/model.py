@@ -84,13 +84,6 @@ class VQVAE(nn.Module, Pretrained):
         self.quantizer = build_quantizer(config.quantizer_config())
         self.decoder = Decoder(config)
 
-    def check_images(self, images: torch.Tensor) -> None:
-        c, h, w = images.shape[-3:]
-        cfg = self.config
-        if (c, h, w) != (cfg.in_channels, cfg.image_height, cfg.image_width):
-            raise VQGenError(f"images are {c}x{h}x{w} but the VQ-VAE was built for "
-                             f"{cfg.in_channels}x{cfg.image_height}x{cfg.image_width}")
-
     def forward(self, images: torch.Tensor) -> VQVAEOutput:
         quantized = self.quantizer(self.encoder(images))
         return VQVAEOutput(self.decoder(quantized.quantized), quantized)

@@ -102,10 +102,7 @@ def train_vqvae(config: VQVAEConfig, train: TrainConfig, data: BatchedImages, he
                 out_dir: str | Path, eval_images: int = 2000, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a VQ-VAE into `out_dir`; return the final evaluation and throughput."""
     check_divisible(data.info, config.downsample_factor)
-    shape = (data.info.channels, data.info.height, data.info.width)
-    if shape != (config.in_channels, config.image_height, config.image_width):
-        raise VQGenError(f"images are {shape[0]}x{shape[1]}x{shape[2]} but the VQ-VAE config says "
-                         f"{config.in_channels}x{config.image_height}x{config.image_width}")
+    config.check_images(data.info.channels, data.info.height, data.info.width)
     seed_everything(train.seed)
     model = VQVAE(config)
     task = VQVAETask(model, data, held_out, eval_images)

@@ -84,6 +84,16 @@ def test_eval_command_rescores_with_the_settings_asked(evaluated: Path, tmp_path
     assert SamplingDefaults.load(run / "prior") == SamplingDefaults(**report["chosen"])
 
 
+def test_eval_scores_what_it_is_asked_not_the_saved_default(evaluated: Path, tmp_path: Path) -> None:
+    """A saved top-k must not stand in for the "all codes" a new eval asks for."""
+    run = Path(shutil.copytree(evaluated, tmp_path / "run"))
+    options = EvalOptions(n_per_class=2, temperatures=(1.0,), device="cpu")
+    before = evaluate_run(run, options, progress=False)["samples"][0]
+    SamplingDefaults(1.0, 1).save(run / "prior")
+    after = evaluate_run(run, options, progress=False)["samples"][0]
+    assert after == before and after["top_k"] is None
+
+
 def test_bad_eval_options_are_named(evaluated: Path, capsys: pytest.CaptureFixture) -> None:
     assert vqgen("eval", "--run", evaluated, "--temperature", "0", "--device", "cpu") == 2
     assert "--temperature=0.0 is not allowed" in capsys.readouterr().err
@@ -123,5 +133,5 @@ def test_held_out_sets_are_balanced_and_disjoint() -> None:
     assert torch.bincount(test.labels[rows.reference], minlength=10).tolist() == [10] * 10
     small = held_out(test, n_per_class=1000, seed=0)  # shrinks to what the smallest class allows
     assert small.per_group == int(torch.bincount(test.labels).min()) // 3
-    with pytest.raises(VQGenError, match="eval needs 3 per sample"):
-        held_out(make_builtin("test", count=30), n_per_class=50, seed=0)
+    with pytest.raises(VQGenError, match="too small to evaluate"):
+        held_out(make_builtin("test", count=20), n_per_class=50, seed=0)  # 2 per class: none to spare

@@ -49,7 +49,7 @@ def test_latents_that_do_not_fit_are_refused(tmp_path: Path) -> None:
     writer.write(0, torch.zeros(4, 5, 5, dtype=torch.long), torch.zeros(4, dtype=torch.long))
     writer.commit()
     with pytest.raises(VQGenError, match="grid 5x5 but the training latents was built for 4x4"):
-        train_prior(PriorConfig.tiny(), TrainConfig(steps=1, batch_size=4), train, tmp_path / "other",
+        train_prior(PriorConfig.tiny(), TrainConfig(steps=1, batch_size=4, device="cpu"), train, tmp_path / "other",
                     tmp_path / "prior", progress=False)
 
 

@@ -104,3 +104,15 @@ def test_auto_precision_is_resolved_by_the_hardware_and_logged(latents: tuple[Pa
     train_prior(PriorConfig.tiny(), replace(SMOOTH, precision="auto"), *latents, tmp_path / "prior", progress=False)
     (setup,) = [r for r in read_metrics(tmp_path / "prior" / "metrics.jsonl") if r["split"] == "setup"]
     assert setup == {"step": 0, "split": "setup", "device": "cpu", "precision": expected, "processes": 1}
+
+
+def test_auto_precision_binds_what_it_resolved_to(latents: tuple[Path, Path], tmp_path: Path) -> None:
+    resolved = resolve_precision("auto", torch.device("cpu"))
+    other = "fp32" if resolved == "bf16" else "bf16"
+    train_prior(PriorConfig.tiny(), replace(SMOOTH, steps=2, precision="auto"), *latents, tmp_path / "p",
+                progress=False)
+    train_prior(PriorConfig.tiny(), replace(SMOOTH, steps=2, precision=resolved), *latents, tmp_path / "p",
+                progress=False)  # the same numbers: accepted
+    with pytest.raises(VQGenError, match=f"precision: {resolved} -> {other}"):
+        train_prior(PriorConfig.tiny(), replace(SMOOTH, steps=2, precision=other), *latents, tmp_path / "p",
+                    progress=False)

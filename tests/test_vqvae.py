@@ -161,3 +161,10 @@ def test_shown_and_evaluated_images_are_spread_over_the_classes() -> None:
     assert sorted(spread_rows(by_class, 10)) == list(range(6))
     unlabelled = ImageDataset(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), None, replace(info, num_classes=None))
     assert spread_rows(unlabelled, 4) == [0, 3, 6, 9]
+
+
+def test_export_of_images_of_another_shape_names_both(tmp_path: Path, digits: tuple[ImageDataset, ImageDataset]) -> None:
+    model = VQVAE(VQVAEConfig.tiny(in_channels=3, image_height=32, image_width=32))
+    with pytest.raises(VQGenError, match="images are 1x28x28 but the VQ-VAE was built for 3x32x32"):
+        export_latents(model, digits[0], tmp_path / "latents")
+    assert not (tmp_path / "latents").exists()
