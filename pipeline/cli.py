@@ -89,7 +89,7 @@ def _add_eval(parser: argparse.ArgumentParser) -> None:
                        metavar="T", help="sampling temperatures to score (default: "
                        f"{' '.join(map(str, defaults.temperatures))})")
     group.add_argument("--top-k", dest="top_ks", type=_top_k, nargs="+", default=defaults.top_ks, metavar="K",
-                       help="top-k values to score, 'none' for all codes (default: none)")
+                       help="top-k values to score, 'none' for all codes (default: none, K/8 and K/4)")
     group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the samples (and of the held-out choice when unlabelled)")
 
 
@@ -257,11 +257,11 @@ def _eval_options(args: argparse.Namespace) -> EvalOptions:
     for t in args.temperatures:
         if not t > 0:
             raise UsageError(f"--temperature={t} is not allowed; must be > 0")
-    for k in args.top_ks:
+    for k in args.top_ks or ():
         if k is not None and k < 1:
             raise UsageError(f"--top-k={k} is not allowed; must be >= 1 (or none)")
     return EvalOptions(n_per_class=args.n_per_class, temperatures=tuple(args.temperatures),
-                       top_ks=tuple(args.top_ks), seed=args.seed, device=args.device)
+                       top_ks=args.top_ks and tuple(args.top_ks), seed=args.seed, device=args.device)
 
 
 def _eval(args: argparse.Namespace) -> None:

@@ -45,13 +45,24 @@ MIN_GROUPS = 10
 GRID_PER_CLASS = 10
 
 
+TOP_K_SHARES = (8, 4)  # default top-k: K/8 and K/4 of the prior's K codes, beside all of them
+
+
 @dataclass(frozen=True)
 class EvalOptions:
+    """What eval scores: every temperature with every top-k (None: all codes). `top_ks=None` means all
+    codes, K/8 and K/4: truncating the rarest codes removes most broken strokes at little cost in
+    diversity, and as shares of K the same grid suits any codebook."""
+
     n_per_class: int = 50
-    temperatures: tuple[float, ...] = (0.8, 0.9, 1.0)
-    top_ks: tuple[int | None, ...] = (None,)
+    temperatures: tuple[float, ...] = (0.8, 0.9, 1.0, 1.1)
+    top_ks: tuple[int | None, ...] | None = None
     seed: int = 0
     device: str = "auto"
+
+    def settings(self, codebook_size: int) -> list[tuple[float, int | None]]:
+        top_ks = self.top_ks or (None, *(max(1, codebook_size // share) for share in TOP_K_SHARES))
+        return [(t, k) for t in self.temperatures for k in dict.fromkeys(top_ks)]
 
 
 @dataclass(frozen=True)
@@ -108,10 +119,6 @@ def _reconstruct(generator: Generator, images: torch.Tensor) -> torch.Tensor:
     return torch.cat(outputs)
 
 
-def _settings(options: EvalOptions) -> list[tuple[float, int | None]]:
-    return [(t, k) for t in options.temperatures for k in options.top_ks]
-
-
 def _setting_name(temperature: float, top_k: int | None) -> str:
     """`samples-t0.9-topall`: the grid's file name (with .png) and its TensorBoard set."""
     return f"samples-t{temperature:g}-top{top_k or 'all'}"
@@ -161,7 +168,8 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
         "samples": [],
     }
     grids: dict[str, Image.Image] = {}
-    for temperature, top_k in tqdm(_settings(options), desc="eval samples", disable=not progress):
+    settings = options.settings(generator.prior.config.codebook_size)
+    for temperature, top_k in tqdm(settings, desc="eval samples", disable=not progress):
         samples = generator.sample(len(rows.real), labels=sample_labels, temperature=temperature, top_k=top_k,
                                    seed=options.seed, progress=False)
         scored = _score(judge, samples.images, reference, sample_labels)

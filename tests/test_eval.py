@@ -43,7 +43,9 @@ def test_run_with_eval_writes_eval_json_of_the_documented_shape(evaluated: Path)
     assert 0.0 <= report["judge"]["test_accuracy"] <= 1.0
     assert {"frechet", "precision", "recall"} <= set(report["real"])
     assert SCORE_KEYS <= set(report["reconstructions"])
-    assert [(s["temperature"], s["top_k"]) for s in report["samples"]] == [(t, None) for t in EvalOptions().temperatures]
+    assert json.loads((evaluated / "prior" / "config.json").read_text())["codebook_size"] == 64
+    assert [(s["temperature"], s["top_k"]) for s in report["samples"]] == \
+        [(t, k) for t in (0.8, 0.9, 1.0, 1.1) for k in (None, 8, 16)]  # all codes, K/8, K/4
     for scores in [report["real"], report["reconstructions"], *report["samples"]]:
         assert all(0.0 <= scores[k] <= 1.0 for k in ("class_accuracy", "precision", "recall"))
         assert scores["frechet"] >= -1e-6
@@ -99,6 +101,12 @@ def test_bad_eval_options_are_named(evaluated: Path, capsys: pytest.CaptureFixtu
     assert "--temperature=0.0 is not allowed" in capsys.readouterr().err
     assert vqgen("eval", "--run", evaluated.parent / "nowhere", "--device", "cpu") == 1
     assert "is not a vqgen run directory" in capsys.readouterr().err
+
+
+def test_default_settings_scale_top_k_with_the_codebook() -> None:
+    assert EvalOptions(temperatures=(1.0,)).settings(512) == [(1.0, None), (1.0, 64), (1.0, 128)]
+    assert EvalOptions(temperatures=(1.0,)).settings(4) == [(1.0, None), (1.0, 1)]  # K/8 = K/4 = 1: once
+    assert EvalOptions(temperatures=(0.5, 2.0), top_ks=(3,)).settings(512) == [(0.5, 3), (2.0, 3)]
 
 
 def test_judge_is_trained_once_and_read_back(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.trainer import TrainConfig, Trainer, saved_step
 from vqgen.engine.units import codes, describe
 from vqgen.pipeline.cli import main
+from vqgen.pipeline.evaluate import EvalOptions
 from vqgen.pipeline.plots import Panel, linear_axis, log_axis, plot_curves, tick_label
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.train import train_prior
@@ -27,7 +28,7 @@ from test_cli import TINY_RUN, vqgen
 from test_prior_training import structured_latents
 
 MISSING = "--tensorboard needs the tensorboard package: pip install 'vqgen[tensorboard]'"
-TEMPERATURES = ("0.8", "0.9", "1")
+SETTINGS = [f"samples-t{t:g}-top{k or 'all'}" for t, k in EvalOptions().settings(64)]  # the tiny run's K
 
 
 def events(directory: Path) -> EventAccumulator:
@@ -47,7 +48,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Path:
 def test_every_stage_of_a_run_gets_its_scalars_and_images(logged: Path) -> None:
     boards = logged / "tensorboard"
     assert sorted(p.name for p in boards.iterdir()) == ["eval", "judge", "prior", "samples", "vqvae"]
-    sets = ["real", "reconstructions", *(f"samples-t{t}-topall" for t in TEMPERATURES)]
+    sets = ["real", "reconstructions", *SETTINGS]
     expected = {
         "vqvae": ({f"vqvae/train/{k}" for k in ("loss", "mse", "perplexity", "usage", "lr", "images_per_s")}
                   | {f"vqvae/eval/{k}" for k in ("mse", "psnr", "perplexity", "codes_used")},
@@ -58,7 +59,7 @@ def test_every_stage_of_a_run_gets_its_scalars_and_images(logged: Path) -> None:
         "judge": ({"judge/train/loss", "judge/train/accuracy", "judge/eval/test_accuracy"}, set()),
         "eval": ({f"eval/{s}/{k}" for s in sets for k in ("frechet", "precision", "recall", "class_accuracy")}
                  | {"eval/judge/test_accuracy", "eval/chosen/temperature"},
-                 {f"eval/samples-t{t}-topall/grid" for t in TEMPERATURES}),
+                 {f"eval/{name}/grid" for name in SETTINGS}),
         "samples": (set(), {"samples/grid"}),
     }
     for stage, (scalars, images) in expected.items():
