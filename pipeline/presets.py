@@ -44,10 +44,10 @@ def default() -> RunPreset:
     """
     return RunPreset(
         vqvae=VQVAEConfig.small(hidden=64, res_hidden=32, code_dim=16, codebook_size=128),
-        vqvae_train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, precision="auto", eval_every=1000,
+        vqvae_train=TrainConfig(steps=2500, batch_size=64, lr=1e-3, precision="auto", eval_every=500,
                                 checkpoint_every=500),
         prior=PriorConfig.small(layers=12),
-        prior_train=TrainConfig(steps=1750, batch_size=64, lr=2e-3, precision="auto", ema=0.999, eval_every=500,
+        prior_train=TrainConfig(steps=1500, batch_size=64, lr=2e-3, precision="auto", ema=0.999, eval_every=500,
                                 checkpoint_every=250))
 
 
