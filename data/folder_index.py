@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from vqgen.data.decode import GRAY_MODES, PALETTE_MODES, colours_in_use_are_gray, opened, unreadable
+from vqgen.engine.distributed import launched_as_main
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import atomic_write
 
@@ -134,7 +135,7 @@ def index_folder(root: Path, files: list[str], index_dir: Path | None) -> Folder
     stored = {} if index_path is None else _stored(index_path, absolute)
     entries = _decide_palettes(root, [_entry(root, relative, stored) for relative in
                                       tqdm(files, desc=f"index {root.name}", unit="file", delay=2, leave=False)])
-    if index_path is not None and entries != list(stored.values()):
-        _save(index_path, absolute, entries)
+    if index_path is not None and entries != list(stored.values()) and launched_as_main():
+        _save(index_path, absolute, entries)  # one writer: every torchrun rank reads the same headers
     by_path = {entry.path: entry for entry in entries}
     return FolderIndex(by_path, 1 if all(entry.gray for entry in entries) else 3)

@@ -29,6 +29,11 @@ class Dist:
         return self.rank == 0
 
 
+def launched_as_main() -> bool:
+    """Rank 0 of a torchrun job (or a plain process), known before the process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device: torch.device) -> Dist:
     """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -30,9 +30,10 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes in bfloat16 natively: CUDA GPUs from Ampere on, CPUs with AVX512-BF16
-    or AMX. Elsewhere bf16 is emulated and slower than fp32."""
+    or AMX. Elsewhere bf16 is emulated and slower than fp32 (`torch.cuda.is_bf16_supported()` counts
+    emulation as support, and asks about the current GPU rather than `device`)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type != "cpu":
         return False
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

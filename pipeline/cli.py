@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from vqgen import __version__
-from vqgen.engine.errors import UsageError, VQGenError
+from vqgen.engine.errors import VQGenError
 from vqgen.engine.runtime import describe_machine
 from vqgen.engine.tensorboard import TENSORBOARD_DIR, require_tensorboard
 from vqgen.engine.units import describe
@@ -71,13 +71,26 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
                        help="resize and centre-crop a folder's images to this square size")
 
 
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--temperature={text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"--temperature={value} is not allowed; must be > 0")
+    return value
+
+
 def _top_k(text: str) -> int | None:
     if text.lower() in ("none", "all"):
         return None
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--top-k={text!r} is not an integer or 'none'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--top-k={value} is not allowed; must be >= 1 (or none)")
+    return value
 
 
 def _add_eval(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +98,7 @@ def _add_eval(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("evaluation")
     group.add_argument("--n-per-class", type=_positive("--n-per-class"), default=defaults.n_per_class,
                        help=f"held-out images and samples per class (default {defaults.n_per_class})")
-    group.add_argument("--temperature", dest="temperatures", type=float, nargs="+", default=defaults.temperatures,
+    group.add_argument("--temperature", dest="temperatures", type=_temperature, nargs="+", default=defaults.temperatures,
                        metavar="T", help="sampling temperatures to score (default: "
                        f"{' '.join(map(str, defaults.temperatures))})")
     group.add_argument("--top-k", dest="top_ks", type=_top_k, nargs="+", default=defaults.top_ks, metavar="K",
@@ -152,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", required=True, type=Path)
     p.add_argument("-n", type=_positive("-n"), default=64, help="number of images (default 64)")
     p.add_argument("--label", type=int, help="class to sample (default: spread over all classes)")
-    p.add_argument("--temperature", type=float,
+    p.add_argument("--temperature", type=_temperature,
                    help="softmax temperature (> 0; default: the prior's, chosen by `vqgen eval`, else 1)")
     p.add_argument("--top-k", type=int,
                    help="sample among the k most likely codes only (default: the prior's, else all codes)")
@@ -173,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default", choices=sorted(RUN_PRESETS),
                    help="quick (~2 min smoke run), default (~10 min on a 2-core CPU), paper (GPU sizes)")
     p.add_argument("--samples", type=_positive("--samples"), help="images to sample (a row per class)")
-    p.add_argument("--temperature", type=float,
+    p.add_argument("--temperature", type=_temperature,
                    help="temperature of the run's sample grid (> 0; default: the one eval chooses, else 1)")
     p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=None,
                    help="run `vqgen eval` after training (default: on, except for --preset quick)")
@@ -241,8 +254,6 @@ def _train_prior(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace) -> None:
     from vqgen.pipeline.generate import Generator, save_samples
 
-    if args.temperature is not None and args.temperature <= 0:
-        raise UsageError(f"--temperature={args.temperature} is not allowed; must be > 0")
     generator = Generator.from_pretrained(args.vqvae, args.prior, device=args.device)
     labels = args.label
     if labels is None and generator.num_classes:
@@ -253,21 +264,12 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"{args.n} samples written to {args.out} (grid.png, images/, codes.npy)")
 
 
-def _eval_options(args: argparse.Namespace) -> EvalOptions:
-    for t in args.temperatures:
-        if not t > 0:
-            raise UsageError(f"--temperature={t} is not allowed; must be > 0")
-    for k in args.top_ks or ():
-        if k is not None and k < 1:
-            raise UsageError(f"--top-k={k} is not allowed; must be >= 1 (or none)")
-    return EvalOptions(n_per_class=args.n_per_class, temperatures=tuple(args.temperatures),
-                       top_ks=args.top_ks and tuple(args.top_ks), seed=args.seed, device=args.device)
-
-
 def _eval(args: argparse.Namespace) -> None:
     from vqgen.pipeline.evaluate import evaluate_run, summary
 
-    report = evaluate_run(args.run, _eval_options(args), tensorboard=_tensorboard_dir(args, args.run))
+    options = EvalOptions(n_per_class=args.n_per_class, temperatures=tuple(args.temperatures),
+                          top_ks=args.top_ks and tuple(args.top_ks), seed=args.seed, device=args.device)
+    report = evaluate_run(args.run, options, tensorboard=_tensorboard_dir(args, args.run))
     print("\n".join(summary(report)))
     print(f"written to {args.run / 'eval.json'}")
 
@@ -278,8 +280,6 @@ def _run(args: argparse.Namespace) -> None:
     preset = RUN_PRESETS[args.preset]()
     shared = config_from_args(args, preset.vqvae_train, tensorboard=None)
     shared_values = {name: getattr(shared, name) for name in SHARED_TRAIN}
-    if args.temperature is not None and args.temperature <= 0:
-        raise UsageError(f"--temperature={args.temperature} is not allowed; must be > 0")
     spec = RunSpec(
         data=args.data, data_root=args.data_root, image_size=args.image_size,
         vqvae=config_from_args(args, preset.vqvae, prefix="vqvae-"),

@@ -39,6 +39,7 @@ from vqgen.pipeline.judge import Judge, train_judge
 from vqgen.pipeline.spec import load_spec
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage2_prior.model import GatedPixelCNN
+from vqgen.stage2_prior.sampling import check_top_k
 
 EVAL_FILE = "eval.json"
 MIN_GROUPS = 10
@@ -62,6 +63,8 @@ class EvalOptions:
 
     def settings(self, codebook_size: int) -> list[tuple[float, int | None]]:
         top_ks = self.top_ks or (None, *(max(1, codebook_size // share) for share in TOP_K_SHARES))
+        for top_k in top_ks:
+            check_top_k(top_k, codebook_size)
         return [(t, k) for t in self.temperatures for k in dict.fromkeys(top_ks)]
 
 
@@ -149,11 +152,12 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
     out, start = Path(out), time.perf_counter()
     spec = load_spec(out)
     train, test = data or (spec.open_split("train", index_dir=out), spec.open_split("test", index_dir=out))
-    judge, judge_accuracy = train_judge(train, test, out / "judge", options.device, progress,
-                                        sub_run(tensorboard, "judge"))
     # not from_pretrained: the prior's saved defaults must not stand in for the settings asked for
     generator = Generator(VQVAE.from_pretrained(out / "vqvae"), GatedPixelCNN.from_pretrained(out / "prior"),
                           device=options.device)
+    settings = options.settings(generator.prior.config.codebook_size)  # checked before the judge trains
+    judge, judge_accuracy = train_judge(train, test, out / "judge", options.device, progress,
+                                        sub_run(tensorboard, "judge"))
     judge.to(generator.device)
     rows = held_out(test, options.n_per_class, options.seed)
     reference = judge.embed(_images(test, rows.reference))[0]
@@ -168,7 +172,6 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
         "samples": [],
     }
     grids: dict[str, Image.Image] = {}
-    settings = options.settings(generator.prior.config.codebook_size)
     for temperature, top_k in tqdm(settings, desc="eval samples", disable=not progress):
         samples = generator.sample(len(rows.real), labels=sample_labels, temperature=temperature, top_k=top_k,
                                    seed=options.seed, progress=False)

@@ -157,16 +157,17 @@ def judge_steps(train_size: int) -> int:
 
 
 def train_judge(train: BatchedImages, test: BatchedImages, out_dir: str | Path, device: str = "auto",
-                progress: bool = True, tensorboard: str | None = None) -> tuple[Judge, float]:
+                progress: bool = True, tensorboard: str | None = None, num_workers: int = 0) -> tuple[Judge, float]:
     """The run's judge and its test accuracy: trained once into `out_dir`, then read back from there.
-    `tensorboard`: a directory for its TensorBoard events (a runtime option, like `device`)."""
+    `tensorboard` (a directory for its events), `device` and `num_workers` (loader processes decoding
+    a streamed folder) are runtime options: they do not change the judge."""
     out_dir = Path(out_dir)
     config = JudgeConfig.for_data(train.info, train.labels is not None)
     steps = judge_steps(len(train))
     if saved_step(out_dir) < steps:
         seed_everything(SEED)
         train_config = TrainConfig(steps=steps, batch_size=min(BATCH, len(train)), lr=LR, seed=SEED, device=device,
-                                   log_every=50, eval_every=steps, checkpoint_every=max(1, steps // 4),
+                                   num_workers=num_workers, log_every=50, eval_every=steps, checkpoint_every=max(1, steps // 4),
                                    tensorboard=tensorboard)
         Trainer(JudgeTask(Judge(config), train, test), train_config, out_dir, progress=progress).fit()
     judge = Judge.from_pretrained(out_dir)

@@ -28,7 +28,7 @@ from vqgen.engine.tensorboard import TENSORBOARD_DIR, open_sink, require_tensorb
 from vqgen.engine.trainer import saved_step
 from vqgen.pipeline.evaluate import EvalOptions, evaluate_run
 from vqgen.pipeline.generate import SAMPLING_FILE, Generator, save_samples
-from vqgen.pipeline.judge import judge_steps, train_judge
+from vqgen.pipeline.judge import train_judge
 from vqgen.pipeline.report import write_report
 from vqgen.pipeline.spec import RunSpec, claim_run_dir
 from vqgen.stage1_vqvae.export import export_latents, file_sha256
@@ -113,16 +113,17 @@ def run(spec: RunSpec, out: str | Path, download: bool = False, progress: bool =
             train_prior(spec.prior, spec.prior_train, out / "latents" / "train", out / "latents" / "test",
                         out / "prior", eval_grids=spec.eval_images, progress=progress)
     evaluate = evaluation is not None and not (out / "prior" / SAMPLING_FILE).exists()  # eval writes it last
-    if evaluate and saved_step(out / "judge") < judge_steps(len(train_images)):
-        with timings.stage("judge"):  # every torchrun rank trains it; eval below runs on rank 0
+    if evaluate:
+        with timings.stage("judge"):  # every torchrun rank trains it (once); eval below runs on rank 0
             train_judge(train_images, test_images, out / "judge", spec.prior_train.device, progress,
-                        sub_run(boards, "judge"))
+                        sub_run(boards, "judge"), spec.vqvae_train.num_workers)
     report: dict[str, Any] = {}
     if ctx.is_main:
         if evaluate:
             with timings.stage("eval"):
                 evaluate_run(out, replace(evaluation, device=spec.prior_train.device), progress,
                              data=(train_images, test_images), tensorboard=boards)
+            (out / "samples" / "grid.png").unlink(missing_ok=True)  # drawn at the defaults eval replaced
         with timings.stage("sample"):
             sample_run(out, spec, progress, sub_run(boards, "samples"))
         report = write_report(out, spec.to_json(), timings.seconds, exports)

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from vqgen.engine.errors import VQGenError
 from vqgen.data.images import BatchedImages, check_divisible
 from vqgen.engine.runtime import seed_everything
 from vqgen.engine.trainer import Figure, StepResult, TrainConfig, Trainer

@@ -164,15 +164,18 @@ class IncrementalSampler:
         self.caches[-1].vertical(i)
 
 
+def check_top_k(top_k: int | None, codebook_size: int) -> None:
+    if top_k is not None and not 1 <= top_k <= codebook_size:
+        raise UsageError(f"--top-k={top_k} is not allowed; must be in 1..{codebook_size} (the prior's K)")
+
+
 def _check_options(model: GatedPixelCNN, n: int, temperature: float, top_k: int | None,
                    generator: torch.Generator | None, device: torch.device) -> None:
-    k = model.config.codebook_size
     if n < 1:
         raise UsageError(f"-n={n} is not allowed; must be >= 1")
     if not temperature > 0:
         raise UsageError(f"--temperature={temperature} is not allowed; must be > 0")
-    if top_k is not None and not 1 <= top_k <= k:
-        raise UsageError(f"--top-k={top_k} is not allowed; must be in 1..{k} (the prior's K)")
+    check_top_k(top_k, model.config.codebook_size)
     if generator is not None and generator.device.type != device.type:
         raise UsageError(f"the generator is on {generator.device} but the prior is on {device}; "
                          f"make it with torch.Generator({str(device)!r})")

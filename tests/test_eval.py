@@ -16,7 +16,7 @@ from vqgen.engine.errors import VQGenError
 from vqgen.engine.trainer import saved_step
 from vqgen.pipeline.cli import main
 from vqgen.pipeline.evaluate import EvalOptions, evaluate_run, held_out
-from vqgen.pipeline.generate import Generator, SamplingDefaults
+from vqgen.pipeline.generate import SAMPLING_FILE, Generator, SamplingDefaults
 from vqgen.pipeline.judge import FEATURES, JudgeConfig, quarter_turns, rotate, train_judge
 
 TINY_RUN = ["--preset", "quick", "--device", "cpu", "--vqvae-steps", "4", "--vqvae-batch-size", "8",
@@ -101,6 +101,24 @@ def test_bad_eval_options_are_named(evaluated: Path, capsys: pytest.CaptureFixtu
     assert "--temperature=0.0 is not allowed" in capsys.readouterr().err
     assert vqgen("eval", "--run", evaluated.parent / "nowhere", "--device", "cpu") == 1
     assert "is not a vqgen run directory" in capsys.readouterr().err
+
+
+def test_a_top_k_beyond_the_codebook_is_refused_before_the_judge_trains(evaluated: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    run = Path(shutil.copytree(evaluated, tmp_path / "run"))
+    shutil.rmtree(run / "judge")
+    assert vqgen("eval", "--run", run, "--top-k", "65", "--device", "cpu") != 0
+    assert "--top-k=65 is not allowed; must be in 1..64" in capsys.readouterr().err
+    assert not (run / "judge").exists()
+
+
+def test_a_later_eval_redraws_the_run_grid_at_its_choice(evaluated: Path, folder: Path, tmp_path: Path) -> None:
+    """A run finished without eval, evaluated later by `vqgen run --eval`: its grid was drawn at the old defaults."""
+    run = Path(shutil.copytree(evaluated, tmp_path / "run"))
+    (run / "prior" / SAMPLING_FILE).unlink()
+    stamp = (run / "samples" / "grid.png").stat().st_mtime_ns
+    assert vqgen("run", "--data", folder, "--out", run, *TINY_RUN, "--eval") == 0
+    assert (run / "prior" / SAMPLING_FILE).exists() and (run / "samples" / "grid.png").stat().st_mtime_ns != stamp
 
 
 def test_default_settings_scale_top_k_with_the_codebook() -> None:

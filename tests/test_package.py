@@ -39,6 +39,19 @@ def test_only_vqgen_imports_outside_the_repository(tmp_path: Path) -> None:
     assert result.stdout.strip() == "[]"
 
 
+def test_public_api_loads_on_first_use(tmp_path: Path) -> None:
+    """`import vqgen` (and a loader worker unpickling a dataset) imports no part until a name is used."""
+    probe = ("import sys, vqgen\n"
+             "assert not [m for m in sys.modules if m.startswith('vqgen.')], sorted(sys.modules)\n"
+             "assert not [n for n in vqgen.__all__ if getattr(vqgen, n, None) is None]\n"
+             "assert set(vqgen.__all__) <= set(dir(vqgen))\n"
+             "assert vqgen.sample_codes.__module__ == 'vqgen.stage2_prior.sampling'\n"
+             "try:\n    vqgen.nothing\nexcept AttributeError as error:\n    print(error)\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "module 'vqgen' has no attribute 'nothing'"
+
+
 def test_every_internal_import_goes_through_vqgen() -> None:
     """`data.x` beside `vqgen.data.x` would load one file as two modules (two copies of every error class)."""
     bare = tuple(f"{kind} {folder}" for folder in FOLDERS for kind in ("from", "import"))
