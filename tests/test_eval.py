@@ -97,8 +97,9 @@ def test_eval_scores_what_it_is_asked_not_the_saved_default(evaluated: Path, tmp
 
 
 def test_bad_eval_options_are_named(evaluated: Path, capsys: pytest.CaptureFixture) -> None:
-    assert vqgen("eval", "--run", evaluated, "--temperature", "0", "--device", "cpu") == 2
-    assert "--temperature=0.0 is not allowed" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        vqgen("eval", "--run", evaluated, "--temperature", "0", "--device", "cpu")
+    assert exit_info.value.code == 2 and "--temperature=0.0 is not allowed" in capsys.readouterr().err
     assert vqgen("eval", "--run", evaluated.parent / "nowhere", "--device", "cpu") == 1
     assert "is not a vqgen run directory" in capsys.readouterr().err
 
