@@ -46,16 +46,25 @@ class _PrintVersion(argparse.Action):
         parser.exit()
 
 
-def _positive(name: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+def _bounded(name: str, kind: Callable[[str], Any], low: float, rule: str, none: bool = False) -> Callable[[str], Any]:
+    """An argparse type: `kind` of the text, at least `low` (above it for floats), or None for
+    'none'/'all' where `none`; a bad value is one line naming the option and the rule."""
+    def parse(text: str) -> Any:
+        if none and text.lower() in ("none", "all"):
+            return None
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}={text!r} is not an integer") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name}={value} is not allowed; must be >= 1")
+            what = ("an integer" if kind is int else "a number") + (" or 'none'" if none else "")
+            raise argparse.ArgumentTypeError(f"{name}={text!r} is not {what}") from None
+        if not (value >= low if kind is int else value > low):
+            raise argparse.ArgumentTypeError(f"{name}={value} is not allowed; must be {rule}")
         return value
     return parse
+
+
+def _positive(name: str) -> Callable[[str], int]:
+    return _bounded(name, int, 1, ">= 1")
 
 
 def _add_data(parser: argparse.ArgumentParser) -> None:
@@ -71,26 +80,8 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
                        help="resize and centre-crop a folder's images to this square size")
 
 
-def _temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--temperature={text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"--temperature={value} is not allowed; must be > 0")
-    return value
-
-
-def _top_k(text: str) -> int | None:
-    if text.lower() in ("none", "all"):
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--top-k={text!r} is not an integer or 'none'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--top-k={value} is not allowed; must be >= 1 (or none)")
-    return value
+_temperature = _bounded("--temperature", float, 0.0, "> 0")
+_top_k = _bounded("--top-k", int, 1, ">= 1 (or none)", none=True)
 
 
 def _add_eval(parser: argparse.ArgumentParser) -> None:
