@@ -18,7 +18,7 @@ from vqgen.engine.tensorboard import TENSORBOARD_DIR, require_tensorboard
 from vqgen.engine.units import describe
 from vqgen.data.images import DATASETS, open_dataset
 from vqgen.engine.trainer import TrainConfig
-from vqgen.pipeline.evaluate import EvalOptions
+from vqgen.pipeline.evaluate import EvalOptions, summary
 from vqgen.pipeline.options import add_config_options, config_from_args
 from vqgen.pipeline.presets import RUN_PRESETS
 from vqgen.stage1_vqvae.config import PRESETS as VQVAE_PRESETS
@@ -256,7 +256,7 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from vqgen.pipeline.evaluate import evaluate_run, summary
+    from vqgen.pipeline.evaluate import evaluate_run
 
     options = EvalOptions(n_per_class=args.n_per_class, temperatures=tuple(args.temperatures),
                           top_ks=args.top_ks and tuple(args.top_ks), seed=args.seed, device=args.device)
@@ -282,6 +282,8 @@ def _run(args: argparse.Namespace) -> None:
     report = run(spec, args.out, download=args.download, evaluation=EvalOptions() if evaluate else None,
                  tensorboard=args.tensorboard, stream=args.stream)
     if report:
+        if report.get("eval"):  # null when eval was skipped
+            print("\n".join(summary(report["eval"])))
         print(_run_summary(args.out, report))
 
 

@@ -113,13 +113,18 @@ def test_a_top_k_beyond_the_codebook_is_refused_before_the_judge_trains(evaluate
     assert not (run / "judge").exists()
 
 
-def test_a_later_eval_redraws_the_run_grid_at_its_choice(evaluated: Path, folder: Path, tmp_path: Path) -> None:
+def test_a_later_eval_redraws_the_run_grid_at_its_choice(evaluated: Path, folder: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
     """A run finished without eval, evaluated later by `vqgen run --eval`: its grid was drawn at the old defaults."""
     run = Path(shutil.copytree(evaluated, tmp_path / "run"))
     (run / "prior" / SAMPLING_FILE).unlink()
     stamp = (run / "samples" / "grid.png").stat().st_mtime_ns
+    capsys.readouterr()
     assert vqgen("run", "--data", folder, "--out", run, *TINY_RUN, "--eval") == 0
     assert (run / "prior" / SAMPLING_FILE).exists() and (run / "samples" / "grid.png").stat().st_mtime_ns != stamp
+    printed = capsys.readouterr().out.strip().splitlines()  # the eval summary, then the closing line
+    assert printed[-1].startswith("run finished in") and any(line.startswith("real held-out (floor)") for line in printed)
+    assert any(line.startswith("chosen: temperature") for line in printed)
 
 
 def test_default_settings_scale_top_k_with_the_codebook() -> None:
