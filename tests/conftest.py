@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from vqgen.engine.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,6 +26,27 @@ def _quiet_seeded_single_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def ctrl_c_at(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ContextManager[None]]:
+    """`with ctrl_c_at(step, model=None):` training is interrupted as by Ctrl-C before the update of
+    `step` (only a trainer of the model class named `model`, when given); it runs normally after."""
+    @contextlib.contextmanager
+    def interrupting(step: int, model: str | None = None) -> Iterator[None]:
+        real = Trainer._optimise
+
+        def optimise(self: Trainer, loss: torch.Tensor) -> None:
+            if self.step == step and model in (None, type(self.model).__name__):
+                raise KeyboardInterrupt
+            real(self, loss)
+
+        monkeypatch.setattr(Trainer, "_optimise", optimise)
+        try:
+            yield
+        finally:
+            monkeypatch.setattr(Trainer, "_optimise", real)
+    return interrupting
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vqgen.engine.trainer import Trainer
 from vqgen.pipeline.cli import main
 
 TINY_VQVAE = ["--preset", "tiny", "--steps", "4", "--batch-size", "8", "--eval-every", "2", "--device", "cpu"]
@@ -67,18 +66,10 @@ def test_run_then_run_again_does_no_work(tmp_path: Path, folder: Path, capsys: p
     assert [p.stat().st_mtime_ns for p in watched] == before
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_killed_run_resumes_to_the_same_result(tmp_path: Path, folder: Path, ctrl_c_at) -> None:
     assert vqgen("run", "--data", folder, "--out", tmp_path / "whole", *TINY_RUN) == 0
-    real = Trainer._optimise
-
-    def dies_at_step_3_of_the_prior(self: Trainer, loss) -> None:
-        if self.step == 3 and type(self.model).__name__ == "GatedPixelCNN":
-            raise KeyboardInterrupt
-        real(self, loss)
-
-    monkeypatch.setattr(Trainer, "_optimise", dies_at_step_3_of_the_prior)
-    assert vqgen("run", "--data", folder, "--out", tmp_path / "parts", *TINY_RUN) == 130
-    monkeypatch.setattr(Trainer, "_optimise", real)
+    with ctrl_c_at(3, model="GatedPixelCNN"):
+        assert vqgen("run", "--data", folder, "--out", tmp_path / "parts", *TINY_RUN) == 130
     assert vqgen("run", "--data", folder, "--out", tmp_path / "parts", *TINY_RUN) == 0
     whole, parts = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("whole", "parts"))
     assert whole["prior"]["eval"] == parts["prior"]["eval"] and whole["vqvae"]["eval"] == parts["vqvae"]["eval"]

@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vqgen.engine.metrics_log import read_metrics
-from vqgen.engine.trainer import TrainConfig, Trainer, saved_step
+from vqgen.engine.trainer import TrainConfig, saved_step
 from vqgen.engine.units import codes, describe
 from vqgen.pipeline.cli import main
 from vqgen.pipeline.evaluate import EvalOptions
@@ -90,23 +89,14 @@ def test_tensorboard_can_be_turned_off_and_on_in_a_used_run(logged: Path, tmp_pa
     assert vqgen("run", "--data", folder, "--out", run, *TINY_RUN, "--eval", "--tensorboard") == 0
 
 
-def test_a_resumed_stage_replaces_the_events_it_redoes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_resumed_stage_replaces_the_events_it_redoes(tmp_path: Path, ctrl_c_at) -> None:
     """Killed after logging step 5 (checkpoint at 4), resumed: TensorBoard shows each step once, as metrics.jsonl."""
     latents = structured_latents(tmp_path / "train", 64, 0), structured_latents(tmp_path / "test", 16, 1)
     config = TrainConfig(steps=8, batch_size=8, log_every=1, eval_every=8, checkpoint_every=4, device="cpu",
                          tensorboard=str(tmp_path / "prior" / "tensorboard"))
-    real = Trainer._optimise
-
-    def dies_at_step_6(self: Trainer, loss: torch.Tensor) -> None:
-        if self.step == 6:
-            raise KeyboardInterrupt
-        real(self, loss)
-
-    monkeypatch.setattr(Trainer, "_optimise", dies_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_at(6), pytest.raises(KeyboardInterrupt):
         train_prior(PriorConfig.tiny(), config, *latents, tmp_path / "prior", progress=False)
     assert saved_step(tmp_path / "prior") == 4
-    monkeypatch.setattr(Trainer, "_optimise", real)
     train_prior(PriorConfig.tiny(), config, *latents, tmp_path / "prior", progress=False)
     losses = events(tmp_path / "prior" / "tensorboard").Scalars("prior/train/loss")
     written = [r for r in read_metrics(tmp_path / "prior" / "metrics.jsonl") if r["split"] == "train"]

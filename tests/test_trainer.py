@@ -13,7 +13,7 @@ from vqgen.engine.errors import UsageError, VQGenError
 from vqgen.engine.files import load_tensors
 from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.runtime import native_bf16, resolve_precision
-from vqgen.engine.trainer import TrainConfig, Trainer, saved_step
+from vqgen.engine.trainer import TrainConfig, saved_step
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.model import GatedPixelCNN
 from vqgen.stage2_prior.train import train_prior
@@ -54,23 +54,13 @@ def test_model_file_holds_the_weight_average(latents: tuple[Path, Path], tmp_pat
     assert state["average"]["updates"] == 6
 
 
-def test_interrupted_smooth_training_resumes_exactly(latents: tuple[Path, Path], tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_smooth_training_resumes_exactly(latents: tuple[Path, Path], tmp_path: Path, ctrl_c_at) -> None:
     """Warm-up, cosine decay, weight average and dropout all pick up where the last checkpoint left them."""
     config, prior = replace(SMOOTH, checkpoint_every=4), PriorConfig.tiny(dropout=0.2)
     train_prior(prior, config, *latents, tmp_path / "whole", progress=False)
-    real = Trainer._optimise
-
-    def dies_at_step_5(self: Trainer, loss: torch.Tensor) -> None:
-        if self.step == 5:
-            raise KeyboardInterrupt
-        real(self, loss)
-
-    monkeypatch.setattr(Trainer, "_optimise", dies_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_at(5), pytest.raises(KeyboardInterrupt):
         train_prior(prior, config, *latents, tmp_path / "parts", progress=False)
     assert saved_step(tmp_path / "parts") == 4
-    monkeypatch.setattr(Trainer, "_optimise", real)
     train_prior(prior, config, *latents, tmp_path / "parts", progress=False)
     whole, parts = (load_tensors(tmp_path / d / "state.pt") for d in ("whole", "parts"))
     for key in whole["model"]:
