@@ -4,11 +4,21 @@ Rules, so that one folder gives the same dataset on any machine:
 - Files: extensions bmp, gif, jpeg, jpg, png, webp (any case), searched recursively in sorted
   path order; hidden files and folders (names starting with ".", e.g. macOS "._" copies) are skipped,
   and folders behind symbolic links are not entered (linked files are read).
-- Splits: `train/` and `test/` subfolders when both are present; otherwise a stable 10% of the
-  files, chosen by a hash of their path relative to the folder, is the test split.
-- Labels: each subfolder (of the split folder) is a class, numbered in sorted name order over
-  both splits, so train and test agree on ids. Images lying directly in the folder make an
-  unlabelled dataset; both at once is refused, as the intent is unclear.
+- Splits: the split folders are `train/`, `test/`, `val/`, `valid/` and `validation/`, by these
+  exact lowercase names, directly in the folder. With none of them, a stable 10% of the files,
+  chosen by a hash of their path relative to the folder, is the test split. With any of them,
+  `train/` is the train split, and the test split (`--split test`, the held-out set of `vqgen run`)
+  is `test/` when present, else the first present of `val/`, `valid/`, `validation/`; beside
+  `test/`, a val-like folder is not used. A lone `train/` is split as a folder without split
+  folders is: a stable 10% of its files, by a hash of their path relative to `train/`, is the test
+  split. A held-out folder without `train/` is refused. Files and folders beside the split folders
+  are not read.
+- Labels: the first folder level below the split folder (or below the folder, without split
+  folders) gives the classes, numbered in sorted name order over both splits, so train and test
+  agree on ids. Fewer than two classes make an unlabelled dataset: images lying directly in the
+  (split) folder, or all in one class folder, as a 1-way classifier's cross-entropy is identically
+  0 and a prior conditioned on one class is an unconditional one. Images both loose and in class
+  folders are refused, as the intent is unclear.
 - Channels: one if every image in the folder (both splits) is grayscale (modes 1, L, LA, I,
   I;16, or a palette image whose colours in use are all gray); otherwise three, with gray
   images repeated to RGB. A palette whose entries are all gray settles it from the header; one
@@ -41,6 +51,7 @@ from vqgen.engine.errors import UsageError, VQGenError
 
 EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
 HELD_OUT_PERCENT = 10
+HELD_OUT_FOLDERS = ("test", "val", "valid", "validation")  # in the order the test split is taken from
 # Decoded size (uint8 bytes) of a split above which it streams. 1 GiB is ~20,000 RGB images of
 # 128x128 (14 s to decode on one core of a 2-core CPU, python -m bench.folders) or 350,000 of
 # 32x32: held in memory they are read at no cost per step, and still leave room beside the model
@@ -49,8 +60,19 @@ STREAM_ABOVE_BYTES = 2**30
 
 
 class _Split(NamedTuple):
-    base: str  # "" or "train/", "test/": class names are the first folder below it
+    base: str  # "" or a split folder ("train/", "val/", ...): class names are the first folder below it
     files: list[str]  # posix paths relative to the folder, in sorted order
+    hashed: bool  # a share of the files under `base` chosen by `_held_out`, not a folder of its own
+
+
+def _entries(directory: Path) -> list[os.DirEntry]:
+    """The entries of `directory`; an unreadable one stops loading with its name."""
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except OSError as err:
+        raise VQGenError(f"cannot list {directory} ({err.strerror}); make it readable or "
+                         "move it out of the folder") from None
 
 
 def image_files(directory: Path) -> list[str]:
@@ -60,12 +82,7 @@ def image_files(directory: Path) -> list[str]:
     todo = [""]  # folders to list, as prefixes relative to `directory`
     while todo:
         prefix = todo.pop()
-        try:
-            entries = list(os.scandir(directory / prefix))
-        except OSError as err:
-            raise VQGenError(f"cannot list {directory / prefix} ({err.strerror}); make it readable or "
-                             "move it out of the folder") from None
-        for entry in entries:
+        for entry in _entries(directory / prefix):
             if entry.name.startswith("."):
                 continue
             if entry.is_dir(follow_symlinks=False):
@@ -81,15 +98,35 @@ def _held_out(relative: str) -> bool:
     return int.from_bytes(digest[:8], "big") % 100 < HELD_OUT_PERCENT
 
 
+def _split_folders(root: Path) -> set[str]:
+    """Split folder names directly in `root`, matched exactly even where the file system ignores case."""
+    return {entry.name for entry in _entries(root)
+            if entry.name in ("train", *HELD_OUT_FOLDERS) and entry.is_dir()}
+
+
+def _whole_folder(root: Path, base: str) -> _Split:
+    return _Split(base, [base + name for name in image_files(root / base)], False)
+
+
+def _hashed(root: Path, base: str) -> dict[str, _Split]:
+    """The files under `base` split by `_held_out` of their path below it, so that a lone `train/`
+    splits as it would if opened on its own."""
+    files = image_files(root / base)
+    test = [_held_out(name) for name in files]
+    return {"train": _Split(base, [base + name for name, held in zip(files, test) if not held], True),
+            "test": _Split(base, [base + name for name, held in zip(files, test) if held], True)}
+
+
 def _catalogue(root: Path) -> dict[str, _Split]:
     """Both splits' files: labels and channels are decided over both, so the splits agree."""
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        return {split: _Split(f"{split}/", [f"{split}/{name}" for name in image_files(root / split)])
-                for split in SPLITS}
-    files = image_files(root)
-    held_out = [_held_out(name) for name in files]
-    return {"train": _Split("", [name for name, test in zip(files, held_out) if not test]),
-            "test": _Split("", [name for name, test in zip(files, held_out) if test])}
+    present = _split_folders(root)
+    held_out = [f"{name}/" for name in HELD_OUT_FOLDERS if name in present]
+    if not held_out:
+        return _hashed(root, "train/" if "train" in present else "")
+    if "train" not in present:
+        raise VQGenError(f"{root} holds the split folder(s) {', '.join(held_out)} but no train/; add a train/ "
+                         "folder beside them, or rename them if they are classes rather than splits")
+    return {"train": _whole_folder(root, "train/"), "test": _whole_folder(root, held_out[0])}
 
 
 def _top(split: _Split, path: str) -> str | None:
@@ -99,14 +136,15 @@ def _top(split: _Split, path: str) -> str | None:
 
 
 def _class_names(root: Path, splits: Iterable[_Split]) -> tuple[str, ...] | None:
+    """Sorted class names over both splits; None (unlabelled) for fewer than two, as a 1-way
+    classifier's cross-entropy is identically 0 and so teaches a judge nothing."""
     tops = {path: _top(split, path) for split in splits for path in split.files}
     loose = [root / path for path, top in tops.items() if top is None]
-    if len(loose) == len(tops):
-        return None
-    if loose:
+    if loose and len(loose) < len(tops):
         raise VQGenError(f"{loose[0]} lies directly in {loose[0].parent} while other images are in class "
                          "subfolders; move it into a class folder (or move all images up for an unlabelled dataset)")
-    return tuple(sorted({top for top in tops.values() if top is not None}))
+    names = tuple(sorted({top for top in tops.values() if top is not None}))
+    return names if len(names) >= 2 else None
 
 
 def _common_size(root: Path, files: list[str], entries: list[Entry], size: int | None) -> tuple[int, int]:
@@ -134,15 +172,20 @@ def _streams(stream: bool | None, info: DatasetInfo, count: int) -> bool:
 
 
 def _empty_split_error(root: Path, split: str, splits: dict[str, _Split]) -> VQGenError:
+    """Names the folder the empty split comes from, and the change to the folder that fills it."""
     chosen = splits[split]
-    if chosen.base:
-        return VQGenError(f"no images ({', '.join(EXTENSIONS)}) in {root / chosen.base}; add some")
+    folder = root / chosen.base
+    if not chosen.hashed:
+        fix = "add some" if split == "train" else (f"add some, or delete it to hold out {HELD_OUT_PERCENT}% "
+                                                   "of train/ (or the next held-out folder) instead")
+        return VQGenError(f"no images ({', '.join(EXTENSIONS)}) in {folder}, the {split} split; {fix}")
     total = sum(len(s.files) for s in splits.values())
     if total == 0:
-        return VQGenError(f"no images ({', '.join(EXTENSIONS)}) in {root}; point --data at a folder of images")
-    return VQGenError(f"{root} has {total} images but none fell in its {split} split (the test split is "
-                      f"{HELD_OUT_PERCENT}% of files, chosen by a hash of their path); add images, or make "
-                      "train/ and test/ subfolders")
+        fix = "add some" if chosen.base else "point --data at a folder of images"
+        return VQGenError(f"no images ({', '.join(EXTENSIONS)}) in {folder}; {fix}")
+    fix = "put held-out images in a test/ folder beside train/" if chosen.base else "make train/ and test/ subfolders"
+    return VQGenError(f"{folder} has {total} images but none fell in its {split} split (the test split is "
+                      f"{HELD_OUT_PERCENT}% of files, chosen by a hash of their path); add images, or {fix}")
 
 
 def open_folder(root: Path, split: str, size: int | None = None, stream: bool | None = None,
