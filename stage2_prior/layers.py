@@ -59,9 +59,9 @@ class HorizontalConv(nn.Conv2d):
 
 
 class BlockOutput(NamedTuple):
-    vertical: torch.Tensor    # (B, C, H, W)
-    horizontal: torch.Tensor  # (B, C, H, W)
-    skip: torch.Tensor        # (B, S, H, W)
+    vertical: torch.Tensor | None    # (B, C, H, W); None from the last layer, which feeds no layer
+    horizontal: torch.Tensor | None  # (B, C, H, W); None from the last layer
+    skip: torch.Tensor               # (B, S, H, W)
 
 
 class GatedBlock(nn.Module):
@@ -72,24 +72,41 @@ class GatedBlock(nn.Module):
     connection (except in the first layer, whose input is the code at the current position) and
     sends a skip connection to the head. A class label adds a learned bias before both gates (eq. 4).
     Dropout (training only) acts on the gated horizontal features, before the residual and skip maps.
+
+    The last layer feeds only the head: it has no residual map and computes no stack outputs, so
+    every weight it holds reaches the loss (DDP requires it) and no work is spent on dead outputs.
     """
 
-    def __init__(self, channels: int, skip_channels: int, kernel: int, first: bool, num_classes: int,
+    def __init__(self, channels: int, skip_channels: int, kernel: int, first: bool, last: bool, labels: int,
                  dropout: float = 0.0) -> None:
         super().__init__()
-        self.first = first
+        self.first, self.last = first, last
         self.vertical = VerticalConv(channels, 2 * channels, kernel)
         self.horizontal = HorizontalConv(channels, 2 * channels, kernel, sees_current=not first)
         self.link = nn.Conv2d(2 * channels, 2 * channels, 1)
-        self.residual = nn.Conv2d(channels, channels, 1)
+        self.residual = None if last else nn.Conv2d(channels, channels, 1)
         self.skip = nn.Conv2d(channels, skip_channels, 1)
-        self.label_bias = nn.Embedding(num_classes, 4 * channels) if num_classes else None
+        self.label_bias = nn.Embedding(labels, (2 if last else 4) * channels) if labels else None
         self.dropout = nn.Dropout(dropout)
 
-    def label_biases(self, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The class-conditional biases of the vertical and horizontal gates, (B, 2C) each, or None."""
+    def _load_from_state_dict(self, state: dict, prefix: str, *args: object) -> None:
+        """Priors saved before the last layer shed its dead parts (vqgen 0.2) still load, exactly: their
+        last layer's residual map and vertical label bias never reached the output, so they are dropped."""
+        if self.last:
+            for key in (f"{prefix}residual.weight", f"{prefix}residual.bias"):
+                state.pop(key, None)
+            bias = state.get(f"{prefix}label_bias.weight")
+            if bias is not None and bias.shape[1] == 2 * self.label_bias.embedding_dim:
+                state[f"{prefix}label_bias.weight"] = bias[:, self.label_bias.embedding_dim:]
+        super()._load_from_state_dict(state, prefix, *args)
+
+    def label_biases(self, labels: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+        """The class-conditional biases of the vertical and horizontal gates, (B, 2C) each (the last layer
+        has no vertical gate: None), or None without labels."""
         if self.label_bias is None or labels is None:
             return None
+        if self.last:
+            return None, self.label_bias(labels)
         vertical, horizontal = rearrange(self.label_bias(labels), "b (two c) -> two b c", two=2)
         return vertical, horizontal
 
@@ -98,8 +115,11 @@ class GatedBlock(nn.Module):
         h_pre = self.horizontal(h) + self.link(shift_down(v_pre))  # (B, 2C, H, W): row i to column j, rows < i
         biases = self.label_biases(labels)
         if biases is not None:
-            v_pre = v_pre + biases[0][:, :, None, None]
             h_pre = h_pre + biases[1][:, :, None, None]
         gated = self.dropout(gate(h_pre))  # (B, C, H, W)
+        if self.residual is None:
+            return BlockOutput(None, None, self.skip(gated))
+        if biases is not None:
+            v_pre = v_pre + biases[0][:, :, None, None]
         h_out = self.residual(gated) if self.first else h + self.residual(gated)
         return BlockOutput(gate(v_pre), h_out, self.skip(gated))

@@ -20,6 +20,7 @@ class GatedPixelCNN(nn.Module, Pretrained):
 
     The prior of VQ-VAE (van den Oord et al. 2017, arXiv 1711.00937, sec. 3.2): raster order, a
     vertical and a horizontal stack with no blind spot, skip connections summed into a ReLU / 1x1 head.
+    It is convolutional, so it takes grids of any size; it was trained on `config.grid`.
     """
 
     kind = "prior"
@@ -31,8 +32,8 @@ class GatedPixelCNN(nn.Module, Pretrained):
         c, s = config.channels, config.head_channels
         self.embedding = nn.Embedding(config.codebook_size, c)
         self.layers = nn.ModuleList(
-            GatedBlock(c, s, config.first_kernel if i == 0 else config.kernel, i == 0, config.num_classes,
-                       config.dropout)
+            GatedBlock(c, s, config.first_kernel if i == 0 else config.kernel, i == 0, i == config.layers - 1,
+                       config.label_embeddings, config.dropout)
             for i in range(config.layers))
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(s, s, 1), nn.ReLU(), nn.Conv2d(s, config.codebook_size, 1))
 
@@ -42,7 +43,7 @@ class GatedPixelCNN(nn.Module, Pretrained):
         x = rearrange(self.embedding(codes.long()), "b h w c -> b c h w")  # (B, C, H, W)
         v, h, skip = x, x, 0
         for layer in self.layers:
-            v, h, s = layer(v, h, labels)
+            v, h, s = layer(v, h, labels)  # the last layer returns no v, h
             skip = skip + s  # (B, S, H, W)
         return self.head(skip)  # (B, K, H, W)
 
@@ -56,22 +57,20 @@ class GatedPixelCNN(nn.Module, Pretrained):
         return nats.flatten(1).sum(1) / math.log(2)
 
     def check_codes(self, codes: torch.Tensor) -> None:
-        """Refuse grids of another size or codes outside 0..K-1, naming both numbers."""
+        """Refuse anything but integer grids (B, H, W) of codes in 0..K-1, naming the numbers."""
         cfg = self.config
         if codes.dim() != 3 or codes.is_floating_point() or codes.is_complex():
             raise VQGenError(f"codes must be an integer tensor (B, H, W); got {codes.dtype} of shape "
                              f"{tuple(codes.shape)}")
-        if tuple(codes.shape[1:]) != cfg.grid:
-            raise VQGenError(f"codes have grid {codes.shape[1]}x{codes.shape[2]} but the prior was built "
-                             f"for {cfg.grid_height}x{cfg.grid_width}")
         low, high = (int(x) for x in torch.aminmax(codes)) if codes.numel() else (0, 0)
         if low < 0 or high >= cfg.codebook_size:
             raise VQGenError(f"codes hold code {low if low < 0 else high} but the prior was built for "
                              f"K={cfg.codebook_size} codes (0..{cfg.codebook_size - 1})")
 
     def check_labels(self, labels: torch.Tensor | None, batch: int) -> None:
-        """Labels are needed exactly when the prior is class-conditional, one per grid, in range."""
-        classes = self.config.num_classes
+        """Labels are needed exactly when the prior is class-conditional, one per grid, in range (the
+        null label `num_classes` too, for a prior trained with label dropout)."""
+        classes, ids = self.config.num_classes, self.config.label_embeddings
         if labels is None:
             if classes:
                 raise VQGenError(f"this prior is conditioned on {classes} classes; pass labels (B,) in "
@@ -82,5 +81,6 @@ class GatedPixelCNN(nn.Module, Pretrained):
         if labels.shape != (batch,):
             raise VQGenError(f"labels have shape {tuple(labels.shape)} but the codes hold {batch} grids")
         low, high = (int(x) for x in torch.aminmax(labels)) if batch else (0, 0)
-        if low < 0 or high >= classes:
-            raise VQGenError(f"labels must lie in [0, {classes}) for this prior; got {low if low < 0 else high}")
+        if low < 0 or high >= ids:
+            null = f" ({classes}: no class)" if ids > classes else ""
+            raise VQGenError(f"labels must lie in [0, {ids}){null} for this prior; got {low if low < 0 else high}")

@@ -101,8 +101,7 @@ def test_unconditional_model_and_likelihood_units() -> None:
 
 
 @pytest.mark.parametrize("shape, labels, message", [
-    ((1, 8, 8), torch.tensor([0]), "codes have grid 8x8 but the prior was built for 7x7"),
-    ((1, 7, 6), torch.tensor([0]), "codes have grid 7x6 but the prior was built for 7x7"),
+    ((1, 7), torch.tensor([0]), r"codes must be an integer tensor \(B, H, W\); got torch.int64 of shape \(1, 7\)"),
     ((1, 7, 7), None, "conditioned on 3 classes; pass labels"),
     ((1, 7, 7), torch.tensor([3]), r"labels must lie in \[0, 3\) for this prior; got 3"),
     ((1, 7, 7), torch.tensor([-1]), r"labels must lie in \[0, 3\) for this prior; got -1"),
@@ -133,3 +132,38 @@ def test_config_checks_and_presets() -> None:
     assert set(PRESETS) == {"tiny", "small", "paper"}
     assert PRESETS["paper"](num_classes=10).num_classes == 10
     assert PriorConfig.paper().layers > PriorConfig.small().layers > PriorConfig.tiny().layers
+
+
+@pytest.mark.parametrize("layers, classes", [(1, 0), (4, 3)])
+def test_every_weight_reaches_the_loss(layers: int, classes: int) -> None:
+    """DDP (without unused-parameter search) needs a gradient for every parameter at every step."""
+    model = GatedPixelCNN(PriorConfig.tiny(layers=layers, num_classes=classes, label_dropout=0.1 if classes else 0))
+    labels = torch.tensor([0, 2]) if classes else None
+    model.loss(torch.randint(0, 16, (2, 7, 7)), labels).backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()] == []
+
+
+def test_a_prior_saved_with_the_last_layers_dead_weights_still_loads(tmp_path: Path) -> None:
+    """vqgen 0.2 saved a residual map and a vertical label bias in the last layer that reached no output."""
+    model = GatedPixelCNN(PriorConfig.tiny(num_classes=3)).eval()
+    state = model.state_dict()
+    last = f"layers.{model.config.layers - 1}"
+    old = {**state, f"{last}.residual.weight": torch.randn(8, 8, 1, 1), f"{last}.residual.bias": torch.randn(8),
+           f"{last}.label_bias.weight": torch.cat([torch.randn(3, 16), state[f"{last}.label_bias.weight"]], 1)}
+    model.save_pretrained(tmp_path / "prior")
+    torch.save(old, tmp_path / "prior" / "model.pt")
+    codes, labels = torch.randint(0, 16, (2, 7, 7)), torch.tensor([0, 2])
+    with torch.no_grad():
+        assert torch.equal(GatedPixelCNN.from_pretrained(tmp_path / "prior")(codes, labels), model(codes, labels))
+
+
+def test_the_null_class_is_a_label_only_with_label_dropout() -> None:
+    codes = torch.zeros(1, 7, 7, dtype=torch.long)
+    with_null = GatedPixelCNN(PriorConfig.tiny(num_classes=3, label_dropout=0.1))
+    assert with_null.config.null_label == 3
+    with_null(codes, torch.tensor([3]))
+    with pytest.raises(VQGenError, match=r"labels must lie in \[0, 4\) \(3: no class\) for this prior; got 4"):
+        with_null(codes, torch.tensor([4]))
+    assert PriorConfig.tiny(num_classes=3).null_label is None and PriorConfig.tiny(label_dropout=0.1).null_label is None
+    with pytest.raises(UsageError, match=r"label_dropout=1.0 is not allowed; must be in \[0, 1\)"):
+        PriorConfig.tiny(label_dropout=1.0)
