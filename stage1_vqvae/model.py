@@ -94,10 +94,11 @@ class VQVAE(nn.Module, Pretrained):
         return self.quantizer(self.encoder(images)).indices
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (B, h, w) -> images (B, C, H, W), through the codebook as the decoder saw it."""
-        if tuple(codes.shape[-2:]) != self.config.grid:
-            raise VQGenError(f"codes have grid {codes.shape[-2]}x{codes.shape[-1]} but the VQ-VAE decodes "
-                             f"{self.config.grid[0]}x{self.config.grid[1]}")
+        """codes (B, h, w) -> images (B, C, h * f, w * f), through the codebook as the decoder saw it.
+
+        The decoder is convolutional: a grid larger than the training grid decodes to a larger image."""
+        if codes.dim() != 3:
+            raise VQGenError(f"codes must be (B, h, w); got shape {tuple(codes.shape)}")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.config.codebook_size):
             raise VQGenError(f"codes must lie in [0, {self.config.codebook_size}) for this VQ-VAE")
         return self.decoder(self.quantizer.lookup(codes))

@@ -5,11 +5,19 @@ the horizontal stack already computed, so a new position costs a few (B, C) matr
 layer instead of a pass over the whole grid (the caching of Ramachandran et al. 2017, "Fast
 Generation for Convolutional Autoregressive Models", arXiv 1704.06001). `sample_naive` runs the
 full model once per position. Both draw the same codes from the same generator.
+
+Each code is drawn from the logits after, in this order: classifier-free guidance (Ho & Salimans
+2022: the conditional and unconditional logits of one doubled batch, mixed as
+`uncond + s * (cond - uncond)`), the temperature, top-k truncation, and nucleus truncation
+(top-p, Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration", arXiv 1904.09751).
+The network is convolutional, so any grid size can be sampled; `known` codes are kept where given
+(completion, stage2_prior/completion.py).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +25,74 @@ from einops import rearrange
 from tqdm import tqdm
 
 from vqgen.engine.errors import UsageError
+from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.layers import GatedBlock, gate
 from vqgen.stage2_prior.model import GatedPixelCNN
 
 Labels = int | torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How each code is drawn from the prior's logits.
+
+    `guidance` s: 1 samples the conditional prior as trained, 0 the unconditional one (the null class),
+    s > 1 pushes each grid further toward its class; it needs a prior trained with label dropout.
+    `top_k` None and `top_p` None keep every code.
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    guidance: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise UsageError(f"--temperature={self.temperature} is not allowed; must be > 0")
+        if self.top_k is not None and self.top_k < 1:
+            raise UsageError(f"--top-k={self.top_k} is not allowed; must be in 1..K (the prior's codes)")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise UsageError(f"--top-p={self.top_p} is not allowed; must be in (0, 1]")
+        if not self.guidance >= 0:
+            raise UsageError(f"--guidance={self.guidance} is not allowed; must be >= 0 (1: plain conditional)")
+
+    def check(self, config: PriorConfig) -> None:
+        """What depends on the prior: top-k within its K, guidance only with a null class."""
+        check_top_k(self.top_k, config.codebook_size)
+        if self.guidance == 1:
+            return
+        if not config.num_classes:
+            raise UsageError(f"--guidance={self.guidance:g} needs a class-conditional prior; this one is "
+                             "unconditional (use --guidance 1)")
+        if config.null_label is None:
+            raise UsageError(f"--guidance={self.guidance:g} needs a prior trained with label dropout (a null "
+                             "class); this one was trained without: use --guidance 1, or retrain with "
+                             "--prior-label-dropout 0.1")
+
+
+def check_top_k(top_k: int | None, codebook_size: int) -> None:
+    if top_k is not None and not 1 <= top_k <= codebook_size:
+        raise UsageError(f"--top-k={top_k} is not allowed; must be in 1..{codebook_size} (the prior's K)")
+
+
+def log_probs(logits: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
+    """(B, K) logits -> (B, K) log-probabilities a code is drawn from: divided by the temperature,
+    truncated to the top_k codes, then to the fewest most likely codes whose mass reaches top_p."""
+    logits = logits.float() / options.temperature
+    if options.top_k is not None and options.top_k < logits.shape[1]:
+        kth = torch.topk(logits, options.top_k, dim=1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if options.top_p is not None and options.top_p < 1:
+        ranked, order = logits.sort(dim=1, descending=True)  # (B, K) each
+        mass_before = ranked.softmax(1).cumsum(1) - ranked.softmax(1)  # (B, K): mass of the likelier codes
+        ranked = ranked.masked_fill(mass_before >= options.top_p, float("-inf"))  # the likeliest always stays
+        logits = torch.empty_like(logits).scatter_(1, order, ranked)
+    return logits.log_softmax(1)
+
+
+def draw(log_p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, K) log-probabilities -> (B,) codes."""
+    return torch.multinomial(log_p.exp(), 1, generator=generator)[:, 0]
 
 
 class Sampler(Protocol):
@@ -35,27 +107,17 @@ class Sampler(Protocol):
         """Record the (B,) codes drawn at (i, j)."""
 
 
-def draw(logits: torch.Tensor, temperature: float, top_k: int | None,
-         generator: torch.Generator | None) -> torch.Tensor:
-    """(B, K) logits -> (B,) codes drawn from softmax(logits / temperature) over the top_k codes."""
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, top_k, dim=1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(F.softmax(logits, dim=1), 1, generator=generator)[:, 0]  # (B,)
-
-
 class NaiveSampler:
     """The baseline: a full forward pass over the grid for every position."""
 
     def __init__(self, model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | None) -> None:
-        self.model, self.codes, self.labels = model, codes, labels
+        self.model, self.codes, self.labels = model, codes.clone(), labels
 
     def logits(self, i: int, j: int) -> torch.Tensor:
         return self.model(self.codes, self.labels)[:, :, i, j]  # (B, K)
 
     def commit(self, i: int, j: int, drawn: torch.Tensor) -> None:
-        """Nothing to cache: the next forward pass reads the grid, where `generate` wrote the codes."""
+        self.codes[:, i, j] = drawn
 
 
 def _matrix(conv: torch.nn.Conv2d) -> torch.Tensor:
@@ -72,17 +134,17 @@ class _LayerCache:
     """
 
     def __init__(self, layer: GatedBlock, batch: int, grid: tuple[int, int], labels: torch.Tensor | None) -> None:
-        (height, width), channels = grid, layer.residual.in_channels
+        (height, width), channels = grid, layer.vertical.in_channels
         weight = layer.vertical.weight
         self.layer, self.rows, self.pad = layer, weight.shape[2], weight.shape[3] // 2
         self.cols = layer.horizontal.weight.shape[3]
         self.offset = self.cols - 1 if layer.horizontal.sees_current else self.cols  # buffer index of column 0
         self.v_in = weight.new_zeros(batch, channels, height + self.rows - 1, width + 2 * self.pad)
         self.h_in = weight.new_zeros(batch, width + self.offset, channels)  # (B, W + offset, C)
-        self.h_weight, self.res_weight = _matrix(layer.horizontal), _matrix(layer.residual)
-        self.link_weight = _matrix(layer.link)
+        self.h_weight, self.link_weight = _matrix(layer.horizontal), _matrix(layer.link)
+        self.res_weight = None if layer.residual is None else _matrix(layer.residual)
         biases = layer.label_biases(labels)
-        self.v_bias = None if biases is None else biases[0][:, :, None, None]  # (B, 2C, 1, 1)
+        self.v_bias = None if biases is None or biases[0] is None else biases[0][:, :, None, None]  # (B, 2C, 1, 1)
         self.h_bias = (layer.horizontal.bias + layer.link.bias).expand(batch, -1)  # (B, 2C)
         if biases is not None:
             self.h_bias = self.h_bias + biases[1]
@@ -100,12 +162,15 @@ class _LayerCache:
         out = torch.addmm(self.layer.residual.bias, gated, self.res_weight)  # (B, C)
         return out if self.layer.first else out.add_(self.h_in[:, j + self.offset])
 
-    def vertical(self, i: int) -> torch.Tensor:
-        """Row i of the vertical stack, once the row is complete: set the next row's link, return (B, C, W)."""
+    def vertical(self, i: int) -> torch.Tensor | None:
+        """Row i of the vertical stack, once the row is complete: set the next row's link, return (B, C, W)
+        (None from the last layer, which has no vertical output)."""
         v_pre = F.conv2d(self.v_in[:, :, i: i + self.rows], self.layer.vertical.weight,
                          self.layer.vertical.bias)  # (B, 2C, 1, W)
         link = rearrange(v_pre, "b c 1 w -> (b w) c") @ self.link_weight  # (B * W, 2C)
         self.row_bias = link.view(v_pre.shape[0], v_pre.shape[3], -1).add_(self.h_bias[:, None])  # (B, W, 2C)
+        if self.layer.last:
+            return None
         if self.v_bias is not None:
             v_pre = v_pre + self.v_bias
         return gate(v_pre[:, :, 0])  # (B, C, W)
@@ -147,7 +212,7 @@ class IncrementalSampler:
         caches, gated = self.caches, self.gated
         for index, cache in enumerate(caches):
             cache.gate_at(j, gated[:, index])
-            if index + 1 < len(caches):  # the last layer's horizontal output feeds nothing
+            if index + 1 < len(caches):  # the last layer's horizontal stack feeds nothing
                 caches[index + 1].put_horizontal(j, cache.output_at(j, gated[:, index]))
         skip = torch.addmm(self.skip_bias, self.gated.flatten(1), self.skip_weight)  # (B, S)
         hidden_w, hidden_b, out_w, out_b = self.head
@@ -164,21 +229,57 @@ class IncrementalSampler:
         self.caches[-1].vertical(i)
 
 
-def check_top_k(top_k: int | None, codebook_size: int) -> None:
-    if top_k is not None and not 1 <= top_k <= codebook_size:
-        raise UsageError(f"--top-k={top_k} is not allowed; must be in 1..{codebook_size} (the prior's K)")
+class GuidedSampler:
+    """Classifier-free guidance over any sampler: the grids' conditional and unconditional (null-class)
+    logits come from one doubled batch, and both halves are given the same drawn codes."""
+
+    def __init__(self, sampler: type[Sampler], model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor,
+                 scale: float) -> None:
+        null = torch.full_like(labels, model.config.null_label)
+        self.inner = sampler(model, codes.repeat(2, 1, 1), torch.cat([labels, null]))  # (2B, H, W)
+        self.scale = scale
+
+    def logits(self, i: int, j: int) -> torch.Tensor:
+        conditional, unconditional = self.inner.logits(i, j).chunk(2)  # (B, K) each
+        return unconditional + self.scale * (conditional - unconditional)
+
+    def commit(self, i: int, j: int, drawn: torch.Tensor) -> None:
+        self.inner.commit(i, j, drawn.repeat(2))
 
 
-def _check_options(model: GatedPixelCNN, n: int, temperature: float, top_k: int | None,
-                   generator: torch.Generator | None, device: torch.device) -> None:
+class Known(NamedTuple):
+    """Codes given in advance: `codes` (H, W) is kept wherever `mask` (H, W) is True."""
+
+    codes: torch.Tensor
+    mask: torch.Tensor
+
+
+class Drawn(NamedTuple):
+    codes: torch.Tensor       # (n, H, W) int64
+    log_weight: torch.Tensor  # (n,) log-probability of the known codes that follow the first drawn one
+
+
+def check_request(model: GatedPixelCNN, n: int, labels: Labels, options: SamplingOptions,
+                  grid: tuple[int, int] | None = None) -> torch.Tensor | None:
+    """Everything about a request that can be wrong, checked before any work (or any output directory);
+    returns the (n,) labels on the prior's device."""
     if n < 1:
         raise UsageError(f"-n={n} is not allowed; must be >= 1")
-    if not temperature > 0:
-        raise UsageError(f"--temperature={temperature} is not allowed; must be > 0")
-    check_top_k(top_k, model.config.codebook_size)
+    options.check(model.config)
+    grid = tuple(grid or model.config.grid)  # type: ignore[assignment]
+    if len(grid) != 2 or min(grid) < 1:  # type: ignore[arg-type]
+        raise UsageError(f"--grid={'x'.join(map(str, grid))} is not allowed; must be HxW with H, W >= 1")  # type: ignore[union-attr]
+    return _label_tensor(model, n, labels, model.embedding.weight.device)
+
+
+def _check_call(model: GatedPixelCNN, generator: torch.Generator | None, grid: tuple[int, int],
+                known: Known | None) -> None:
+    device = model.embedding.weight.device
     if generator is not None and generator.device.type != device.type:
         raise UsageError(f"the generator is on {generator.device} but the prior is on {device}; "
                          f"make it with torch.Generator({str(device)!r})")
+    if known is not None and (tuple(known.codes.shape) != tuple(grid) or tuple(known.mask.shape) != tuple(grid)):
+        raise UsageError(f"known codes of shape {tuple(known.codes.shape)} do not fit the {grid[0]}x{grid[1]} grid")
 
 
 def _label_tensor(model: GatedPixelCNN, n: int, labels: Labels, device: torch.device) -> torch.Tensor | None:
@@ -199,36 +300,61 @@ def _label_tensor(model: GatedPixelCNN, n: int, labels: Labels, device: torch.de
     return tensor.expand(n).contiguous()  # (n,)
 
 
+def _state(sampler: type[Sampler], model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | None,
+           options: SamplingOptions) -> Sampler:
+    """The sampler for these options: guidance 0 is the null class alone, other scales but 1 a doubled batch."""
+    if labels is None or options.guidance == 1:
+        return sampler(model, codes, labels)
+    if options.guidance == 0:
+        return sampler(model, codes, torch.full_like(labels, model.config.null_label))
+    return GuidedSampler(sampler, model, codes, labels, options.guidance)
+
+
 @torch.no_grad()
-def generate(model: GatedPixelCNN, n: int, labels: Labels = None, temperature: float = 1.0,
-             top_k: int | None = None, generator: torch.Generator | None = None, progress: bool = True,
-             sampler: type[Sampler] = IncrementalSampler) -> torch.Tensor:
-    """(n, H, W) codes drawn from the prior in raster order, each given the codes before it."""
+def generate(model: GatedPixelCNN, n: int, labels: Labels = None, options: SamplingOptions = SamplingOptions(),
+             generator: torch.Generator | None = None, progress: bool = True,
+             sampler: type[Sampler] = IncrementalSampler, grid: tuple[int, int] | None = None,
+             known: Known | None = None) -> Drawn:
+    """n grids drawn in raster order, each code given the codes before it; `known` codes are kept, and the
+    log-probability the prior gives those that follow a drawn code is returned (completion's weights)."""
+    label_tensor = check_request(model, n, labels, options, grid)
+    grid = tuple(grid or model.config.grid)
+    _check_call(model, generator, grid, known)  # type: ignore[arg-type]
     device = model.embedding.weight.device
-    _check_options(model, n, temperature, top_k, generator, device)
-    label_tensor = _label_tensor(model, n, labels, device)
-    height, width = model.config.grid
+    height, width = grid
     codes = torch.zeros(n, height, width, dtype=torch.long, device=device)
-    state = sampler(model, codes, label_tensor)
+    log_weight = torch.zeros(n, device=device)
+    state = _state(sampler, model, codes, label_tensor, options)
+    kept = known.mask.cpu().flatten().tolist() if known is not None else [False] * (height * width)
+    drawn_any = False
     for position in tqdm(range(height * width), desc="sample", unit="code", disable=not progress, leave=False):
         i, j = divmod(position, width)
         # the logits of the code at (i, j), given every code before it
         logits = state.logits(i, j)  # (n, K)
-        # scale by the temperature, keep the top_k, and draw one code per grid
-        codes[:, i, j] = draw(logits, temperature, top_k, generator)
+        if kept[position]:
+            # a known code: kept, and once a drawn code precedes it, weighed by how likely the prior finds it
+            code = known.codes[i, j].to(device).expand(n)  # type: ignore[union-attr]
+            if drawn_any:
+                log_weight += log_probs(logits, options)[:, code[0]]
+        else:
+            # guide, scale by the temperature, truncate to top-k and top-p, and draw one code per grid
+            code = draw(log_probs(logits, options), generator)
+            drawn_any = True
+        codes[:, i, j] = code
         # let the sampler cache what the later positions need from this code
-        state.commit(i, j, codes[:, i, j])
-    return codes
+        state.commit(i, j, code)
+    return Drawn(codes, log_weight)
 
 
-def sample(model: GatedPixelCNN, n: int, labels: Labels = None, temperature: float = 1.0,
-           top_k: int | None = None, generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:
-    """(n, H, W) codes by the incremental sampler, the default."""
-    return generate(model, n, labels, temperature, top_k, generator, progress, IncrementalSampler)
+def sample(model: GatedPixelCNN, n: int, labels: Labels = None, options: SamplingOptions = SamplingOptions(),
+           generator: torch.Generator | None = None, progress: bool = True,
+           grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """(n, H, W) codes by the incremental sampler, the default (H, W: the training grid unless `grid`)."""
+    return generate(model, n, labels, options, generator, progress, IncrementalSampler, grid).codes
 
 
-def sample_naive(model: GatedPixelCNN, n: int, labels: Labels = None, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None,
-                 progress: bool = True) -> torch.Tensor:
+def sample_naive(model: GatedPixelCNN, n: int, labels: Labels = None, options: SamplingOptions = SamplingOptions(),
+                 generator: torch.Generator | None = None, progress: bool = True,
+                 grid: tuple[int, int] | None = None) -> torch.Tensor:
     """(n, H, W) codes by one full forward pass per position: the baseline `sample` must equal."""
-    return generate(model, n, labels, temperature, top_k, generator, progress, NaiveSampler)
+    return generate(model, n, labels, options, generator, progress, NaiveSampler, grid).codes

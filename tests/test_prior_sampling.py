@@ -7,11 +7,13 @@ from typing import Iterator
 
 import pytest
 import torch
+from einops import rearrange
 
 from vqgen.engine.errors import UsageError
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.model import GatedPixelCNN
-from vqgen.stage2_prior.sampling import IncrementalSampler, sample, sample_naive
+from vqgen.stage2_prior.sampling import (GuidedSampler, IncrementalSampler, SamplingOptions, log_probs, sample,
+                                        sample_naive)
 
 K = 16
 GRIDS = [((8, 8), 3), ((8, 8), 0), ((6, 10), 2), ((6, 10), 0), ((5, 1), 0)]
@@ -65,8 +67,8 @@ def test_same_generator_gives_the_same_codes(grid: tuple[int, int], classes: int
 
 def test_top_k_one_is_greedy_decoding() -> None:
     model = model_for((4, 5), 0)
-    codes = sample(model, 3, top_k=1, generator=torch.Generator().manual_seed(0), progress=False)
-    other_seed = sample(model, 3, top_k=1, generator=torch.Generator().manual_seed(1), progress=False)
+    codes = sample(model, 3, options=SamplingOptions(top_k=1), generator=torch.Generator().manual_seed(0), progress=False)
+    other_seed = sample(model, 3, options=SamplingOptions(top_k=1), generator=torch.Generator().manual_seed(1), progress=False)
     assert torch.equal(codes, other_seed)
     with torch.no_grad():
         assert torch.equal(model(codes).argmax(1), codes)
@@ -74,7 +76,7 @@ def test_top_k_one_is_greedy_decoding() -> None:
 
 def test_top_k_draws_only_among_the_k_most_likely_codes() -> None:
     model = model_for((4, 5), 2)
-    codes = sample(model, 32, 1, top_k=3, generator=torch.Generator().manual_seed(0), progress=False)
+    codes = sample(model, 32, 1, SamplingOptions(top_k=3), generator=torch.Generator().manual_seed(0), progress=False)
     with torch.no_grad():
         top = model(codes, torch.ones(32, dtype=torch.long)).topk(3, dim=1).indices  # (B, 3, H, W)
     assert (top == codes[:, None]).any(1).all()
@@ -83,17 +85,20 @@ def test_top_k_draws_only_among_the_k_most_likely_codes() -> None:
 
 def test_temperature_concentrates_and_labels_steer() -> None:
     model = model_for((4, 4), 2)
-    cold = sample(model, 64, 0, temperature=0.05, generator=torch.Generator().manual_seed(0), progress=False)
-    hot = sample(model, 64, 0, temperature=5.0, generator=torch.Generator().manual_seed(0), progress=False)
+    cold = sample(model, 64, 0, SamplingOptions(temperature=0.05), generator=torch.Generator().manual_seed(0), progress=False)
+    hot = sample(model, 64, 0, SamplingOptions(temperature=5.0), generator=torch.Generator().manual_seed(0), progress=False)
     zeros = torch.zeros(64, dtype=torch.long)
     with torch.no_grad():
         assert model.nll_bits(cold, zeros).mean() < model.nll_bits(hot, zeros).mean()
-    other = sample(model, 64, 1, temperature=0.05, generator=torch.Generator().manual_seed(0), progress=False)
+    other = sample(model, 64, 1, SamplingOptions(temperature=0.05), generator=torch.Generator().manual_seed(0), progress=False)
     assert not torch.equal(cold, other)
 
 
 def test_an_int_label_is_shared_and_a_tensor_gives_one_per_grid() -> None:
     model = model_for((3, 4), 3)
+    with torch.no_grad():  # labels that matter: at initialisation the logits are nearly uniform
+        for layer in model.layers:
+            layer.label_bias.weight.mul_(10)
     shared = sample(model, 4, 2, generator=torch.Generator().manual_seed(0), progress=False)
     same = sample(model, 4, torch.full((4,), 2), generator=torch.Generator().manual_seed(0), progress=False)
     mixed = sample(model, 4, torch.tensor([2, 2, 0, 0]), generator=torch.Generator().manual_seed(0),
@@ -106,18 +111,34 @@ def test_an_int_label_is_shared_and_a_tensor_gives_one_per_grid() -> None:
     (3, dict(temperature=0.0), "--temperature=0.0 is not allowed; must be > 0"),
     (3, dict(temperature=-1.0), "--temperature=-1.0 is not allowed; must be > 0"),
     (3, dict(top_k=17), r"--top-k=17 is not allowed; must be in 1..16 \(the prior's K\)"),
-    (3, dict(top_k=0), "--top-k=0 is not allowed; must be in 1..16"),
-    (3, dict(labels=5), "--label=5 is outside the prior's classes 0..2"),
-    (3, dict(labels=torch.tensor([0, -1])), "--label=-1 is outside the prior's classes 0..2"),
-    (3, dict(labels=torch.tensor([0, 1, 2])), r"labels have shape \(3,\); pass one int or 2 labels"),
-    (3, dict(labels=None), r"conditioned on 3 classes; pass --label \(0..2\)"),
-    (0, dict(labels=1), "this prior is unconditional; --label cannot be used"),
+    (3, dict(top_k=0), "--top-k=0 is not allowed; must be in 1..K"),
+    (3, dict(top_p=0.0), r"--top-p=0.0 is not allowed; must be in \(0, 1\]"),
+    (3, dict(top_p=1.5), r"--top-p=1.5 is not allowed; must be in \(0, 1\]"),
+    (3, dict(guidance=-0.5), "--guidance=-0.5 is not allowed; must be >= 0"),
+    (3, dict(guidance=2.0), "--guidance=2 needs a prior trained with label dropout"),
+    (0, dict(guidance=2.0), "--guidance=2 needs a class-conditional prior"),
 ])
 def test_bad_sampling_options_are_named(classes: int, kwargs: dict, message: str) -> None:
     model = model_for((3, 3), classes)
     for sampler in (sample, sample_naive):
         with pytest.raises(UsageError, match=message):
-            sampler(model, 2, **{"labels": 0 if classes else None, **kwargs}, progress=False)
+            sampler(model, 2, 0 if classes else None, SamplingOptions(**kwargs), progress=False)
+
+
+@pytest.mark.parametrize("classes, labels, grid, message", [
+    (3, 5, None, "--label=5 is outside the prior's classes 0..2"),
+    (3, torch.tensor([0, -1]), None, "--label=-1 is outside the prior's classes 0..2"),
+    (3, torch.tensor([0, 1, 2]), None, r"labels have shape \(3,\); pass one int or 2 labels"),
+    (3, None, None, r"conditioned on 3 classes; pass --label \(0..2\)"),
+    (0, 1, None, "this prior is unconditional; --label cannot be used"),
+    (0, None, (0, 4), "--grid=0x4 is not allowed; must be HxW with H, W >= 1"),
+])
+def test_bad_labels_and_grids_are_named(classes: int, labels: object, grid: tuple[int, int] | None,
+                                        message: str) -> None:
+    model = model_for((3, 3), classes)
+    for sampler in (sample, sample_naive):
+        with pytest.raises(UsageError, match=message):
+            sampler(model, 2, labels, progress=False, grid=grid)
 
 
 @pytest.fixture
@@ -147,3 +168,89 @@ def test_dropout_acts_in_training_only() -> None:
     codes, labels = torch.randint(0, K, (3, 5, 6)), torch.tensor([0, 1, 1])
     assert not torch.equal(model(codes, labels), model(codes, labels))
     check_every_step(model.eval(), codes, labels)
+
+
+def guided_model(grid: tuple[int, int] = (5, 6)) -> GatedPixelCNN:
+    """A class-conditional prior with a null class, its weights far from initialisation."""
+    torch.manual_seed(2)
+    config = PriorConfig.tiny(grid_height=grid[0], grid_width=grid[1], num_classes=3, label_dropout=0.1,
+                              first_kernel=5, layers=5)
+    model = GatedPixelCNN(config).eval()
+    model.load_state_dict({k: torch.randn_like(v) * 0.3 for k, v in model.state_dict().items()})
+    return model
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.5, 3.0])
+def test_guided_incremental_logits_equal_guided_full_logits(scale: float) -> None:
+    """uncond + s * (cond - uncond) at every step, the cached sampler running both halves as one batch."""
+    model = guided_model()
+    codes, labels = torch.randint(0, K, (3, 5, 6)), torch.tensor([0, 2, 1])
+    null = torch.full_like(labels, model.config.null_label)
+    sampler = GuidedSampler(IncrementalSampler, model, codes, labels, scale)
+    with torch.no_grad():
+        conditional, unconditional = model(codes, labels), model(codes, null)
+        guided = unconditional + scale * (conditional - unconditional)  # (B, K, H, W)
+        for i in range(5):
+            for j in range(6):
+                torch.testing.assert_close(sampler.logits(i, j), guided[:, :, i, j], atol=1e-5, rtol=1e-5)
+                sampler.commit(i, j, codes[:, i, j])
+
+
+def test_guidance_one_is_plain_and_zero_is_the_null_class() -> None:
+    model = guided_model()
+    def draw_with(labels: object, guidance: float, sampler=sample) -> torch.Tensor:
+        return sampler(model, 8, labels, SamplingOptions(guidance=guidance),
+                       generator=torch.Generator().manual_seed(5), progress=False)
+    assert torch.equal(draw_with(1, 1.0), draw_with(1, 1.0, sample_naive))
+    assert torch.equal(draw_with(2, 0.0), draw_with(0, 0.0))  # unconditional: the label no longer matters
+    assert not torch.equal(draw_with(2, 0.0), draw_with(2, 1.0))
+    assert torch.equal(draw_with(1, 2.5), draw_with(1, 2.5, sample_naive))
+    assert not torch.equal(draw_with(1, 2.5), draw_with(1, 1.0))
+
+
+def test_guidance_sharpens_the_class() -> None:
+    """Scales above 1 move samples toward codes the conditional prefers over the unconditional."""
+    model = guided_model((4, 4))
+    labels, null = torch.zeros(256, dtype=torch.long), torch.full((256,), model.config.null_label)
+    gaps = []
+    for scale in (1.0, 3.0):
+        codes = sample(model, 256, 0, SamplingOptions(guidance=scale), generator=torch.Generator().manual_seed(0),
+                       progress=False)
+        with torch.no_grad():
+            gaps.append(float((model.nll_bits(codes, null) - model.nll_bits(codes, labels)).mean()))
+    assert gaps[1] > gaps[0] > 0
+
+
+@pytest.mark.parametrize("grid, classes", [((10, 12), 2), ((3, 4), 0), ((1, 9), 0)])
+def test_other_grid_sizes_sample_with_incremental_equal_to_full(grid: tuple[int, int], classes: int) -> None:
+    model = model_for((8, 8), classes)  # trained size 8x8
+    labels = torch.tensor([0, 1, 1]) % classes if classes else None
+    check_every_step(model, torch.randint(0, K, (3, *grid)), labels)
+    fast = sample(model, 3, 1 if classes else None, generator=torch.Generator().manual_seed(0), progress=False,
+                  grid=grid)
+    slow = sample_naive(model, 3, 1 if classes else None, generator=torch.Generator().manual_seed(0),
+                        progress=False, grid=grid)
+    assert fast.shape == (3, *grid) and torch.equal(fast, slow)
+
+
+def test_top_p_keeps_the_smallest_set_of_likeliest_codes_reaching_p() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.05, 0.05, 0.8, 0.1]]))
+    kept = log_probs(logits, SamplingOptions(top_p=0.75)).exp()
+    torch.testing.assert_close(kept, torch.tensor([[0.625, 0.375, 0, 0], [0, 0, 1.0, 0]]))
+    torch.testing.assert_close(log_probs(logits, SamplingOptions(top_p=1.0)), logits.log_softmax(1))
+    both = log_probs(logits, SamplingOptions(top_k=1, top_p=0.9)).exp()  # top-k first, then the nucleus
+    torch.testing.assert_close(both, torch.tensor([[1.0, 0, 0, 0], [0, 0, 1.0, 0]]))
+    cold = log_probs(logits, SamplingOptions(temperature=0.5, top_p=0.75)).exp()  # the temperature first
+    assert cold[0, 2] == 0 and cold[0, 1] > 0 and torch.allclose(cold.sum(1), torch.ones(2))
+
+
+def test_top_p_draws_only_from_the_nucleus() -> None:
+    model = model_for((4, 5), 2)
+    options = SamplingOptions(top_p=0.3)
+    codes = sample(model, 32, 1, options, generator=torch.Generator().manual_seed(0), progress=False)
+    with torch.no_grad():
+        logits = model(codes, torch.ones(32, dtype=torch.long))  # (B, K, H, W)
+    flat = rearrange(logits, "b k h w -> (b h w) k")
+    allowed = log_probs(flat, options) > float("-inf")  # (N, K)
+    assert allowed.gather(1, codes.flatten()[:, None]).all()
+    assert allowed.sum(1).float().mean() < K / 2  # it truncates
