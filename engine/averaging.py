@@ -14,11 +14,12 @@ from torch import nn
 
 
 class WeightAverage:
-    """`update(model)` after each optimizer step; `module` is the averaged model.
+    """`update(model)` after each optimizer step; `published(model)` is the averaged model.
 
     The decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates, so early averages
-    are not dominated by the random initial weights. Buffers (e.g. a quantizer's EMA codebook,
-    which is itself an average) are copied from the live model by `sync_buffers`, not averaged.
+    are not dominated by the random initial weights. Floating-point buffers are averaged with the
+    weights: a VQ-VAE's EMA codebook is fitted to its encoder, so the averaged encoder needs the
+    codebook averaged over the same steps; other buffers (counters, flags) are the live model's.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
@@ -26,17 +27,22 @@ class WeightAverage:
         self.updates = 0
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
 
+    @staticmethod
+    def _averaged(model: nn.Module) -> list[torch.Tensor]:
+        return [p.detach() for p in model.parameters()] + [b for b in model.buffers() if b.is_floating_point()]
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        live = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(list(self.module.parameters()), live, 1 - decay)
+        torch._foreach_lerp_(self._averaged(self.module), self._averaged(model), 1 - decay)
 
     @torch.no_grad()
-    def sync_buffers(self, model: nn.Module) -> nn.Module:
+    def published(self, model: nn.Module) -> nn.Module:
+        """The average, with the live model's other buffers."""
         for mine, theirs in zip(self.module.buffers(), model.buffers()):
-            mine.copy_(theirs)
+            if not mine.is_floating_point():
+                mine.copy_(theirs)
         return self.module
 
     def state_dict(self) -> dict[str, object]:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
+from vqgen.engine.errors import VQGenError
 from vqgen.engine.runtime import pick_device
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,45 @@ def broadcast_object(obj: Any, ctx: Dist) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+class SharedError(VQGenError):
+    """An error every rank of a torchrun job raises together (rank 0 says it for all of them)."""
+
+    shared = True
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def on_main(ctx: Dist, work: Callable[[], T]) -> T:
+    """`work()` on rank 0 alone, its result on every rank.
+
+    Ranks that skip the work wait in the broadcast; an exception on rank 0 is broadcast in its
+    place and raised on every rank, so the job stops at once with rank 0's message instead of
+    leaving the other ranks waiting in their next collective.
+    """
+    if not ctx.enabled:
+        return work()
+    outcome: tuple[bool, Any] | None = None
+    if ctx.is_main:
+        try:
+            outcome = (True, work())
+        except BaseException as err:
+            broadcast_object((False, (str(err), getattr(err, "exit_code", 1))), ctx)
+            raise
+    done, value = broadcast_object(outcome, ctx)
+    if not done:
+        message, exit_code = value
+        raise SharedError(message, exit_code)
+    return value
+
+
+def rank_seed(seed: int, ctx: Dist, step: int) -> int:
+    """The seed of a rank's random draws at one training step: distinct per rank (dropout masks, random
+    targets), a pure function of (seed, rank, step) so that a resumed run draws what it would have."""
+    return int(np.random.SeedSequence([seed, ctx.rank, step]).generate_state(1, np.uint64)[0])
 
 
 # ---- collectives for code that runs inside a model (the quantizer), where no Dist is passed ------

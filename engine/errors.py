@@ -2,9 +2,12 @@
 
 
 class VQGenError(Exception):
-    """A problem with input, files or configuration; the message names it and the fix."""
+    """A problem with input, files or configuration; the message names it and the fix.
+
+    `shared`: every rank of a torchrun job raises it together, so rank 0 alone says it."""
 
     exit_code = 1
+    shared = False
 
 
 class UsageError(VQGenError):

@@ -1,4 +1,4 @@
-"""Device choice, seeding, RNG snapshots, and a description of the machine for every figure."""
+"""Device choice, seeding, and a description of the machine for every figure."""
 
 from __future__ import annotations
 
@@ -51,22 +51,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG a training step may draw from, as tensors (checkpoints stay weights-only)."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_initialized():  # a run on the CPU never wakes the GPUs just to save their state
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore `rng_state()`; GPUs this machine lacks are skipped (their streams were never used here)."""
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def cpu_model() -> str:

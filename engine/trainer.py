@@ -24,12 +24,13 @@ from vqgen.engine.averaging import WeightAverage
 from vqgen.engine.batches import ResumableBatches, make_loader
 from vqgen.engine.checkpoint import Pretrained, load_state_into, unwrap, write_config
 from vqgen.engine.configs import config_from_dict, config_to_dict, require
-from vqgen.engine.distributed import Dist, barrier, broadcast_object, process_device
+from vqgen.engine.distributed import Dist, on_main, process_device, rank_seed
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import load_tensors, read_json, save_tensors, write_json
 from vqgen.engine.grids import save_grid
 from vqgen.engine.metrics_log import MetricsLog
-from vqgen.engine.runtime import resolve_precision, rng_state, set_rng_state
+from vqgen.engine.locks import directory_lock
+from vqgen.engine.runtime import resolve_precision
 from vqgen.engine.tensorboard import Sink, open_sink
 from vqgen.engine.units import describe
 
@@ -121,11 +122,16 @@ class DrawsFigures(Protocol):
 
 
 class NonFiniteLoss(VQGenError):
-    pass
+    """Found from losses all-reduced over the ranks, so every rank raises it."""
+
+    shared = True
 
 
 class Interrupted(VQGenError):
-    """Stopped by a signal after saving a checkpoint; exits 128 + the signal number, as shells expect."""
+    """Stopped by a signal after saving a checkpoint; exits 128 + the signal number, as shells expect.
+    Under torchrun the ranks agree on the stop, so every rank raises it."""
+
+    shared = True
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
@@ -225,27 +231,26 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.average is not None:
             self.average.load_state_dict(state["average"])
-        set_rng_state(state["rng"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.log.truncate_after(self.step)
 
     def _published(self) -> nn.Module:
         """The weights evaluation and model.pt use: the weight average when there is one."""
         model = unwrap(self.model)
-        return model if self.average is None else self.average.sync_buffers(model)
+        return model if self.average is None else self.average.published(model)
 
     def _save(self) -> None:
-        """state.pt first (all a resume needs), then model.pt + config.json for from_pretrained."""
-        if self.ctx.is_main:
+        """state.pt first (all a resume needs), then model.pt + config.json for from_pretrained. Random
+        draws need no saved state: each step reseeds (`rank_seed`)."""
+        def save() -> None:
             model = unwrap(self.model)
             state = {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "scaler": self.scaler.state_dict(), "rng": rng_state(), "step": self.step,
-                     "elapsed": self.elapsed}
+                     "scaler": self.scaler.state_dict(), "step": self.step, "elapsed": self.elapsed}
             if self.average is not None:
                 state["average"] = self.average.state_dict()
             save_tensors(self.out_dir / STATE_FILE, state)
             self._published().save_pretrained(self.out_dir)  # type: ignore[attr-defined]
-        barrier(self.ctx)
+        on_main(self.ctx, save)
 
     # ---- the loop ----------------------------------------------------------------------------
     def _wrap(self) -> nn.Module:
@@ -302,7 +307,11 @@ class Trainer:
             self.average.update(unwrap(self.model))
 
     def fit(self) -> dict[str, Any]:
-        """Train to config.steps; return the last evaluation and throughput."""
+        """Train to config.steps, holding the lock of `out_dir`; return the last evaluation and throughput."""
+        with directory_lock(self.out_dir, self.ctx):
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         self._resume()
         kind: str = unwrap(self.model).kind  # type: ignore[assignment]
         model = self._wrap()
@@ -319,6 +328,7 @@ class Trainer:
         with signals.installed(), bar, self.sink:
             for batch in self._batches():
                 self.step += 1
+                torch.manual_seed(rank_seed(self.config.seed, self.ctx, self.step))  # dropout, restarts, ...
                 if self.step == first:
                     model, result = self._first_step(model, batch)
                 else:
@@ -385,18 +395,20 @@ class Trainer:
             self.sink.image(f"eval/{name}", picture, self.step)
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
-        result: dict[str, float] = {}
-        if self.ctx.is_main:
+        """Rank 0 evaluates the published weights in fp32, as they are exported and sampled, whatever
+        precision training runs in."""
+        def evaluate() -> dict[str, float]:
             published = self._published()
             published.eval()
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad():
                 result = self.task.evaluate(published, self.step, self.out_dir)
                 figures = self.task.figures(published) if isinstance(self.task, DrawsFigures) else {}
-            unwrap(model).train()
             self._record({"step": self.step, "split": "eval", **result})
             self._draw(figures)
-        barrier(self.ctx)
-        return broadcast_object(result, self.ctx)
+            return result
+        result = on_main(self.ctx, evaluate)
+        unwrap(model).train()
+        return result
 
 
 class _Window:

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+import torch
 
 from vqgen import __version__
 from vqgen.engine.errors import VQGenError
@@ -18,12 +21,13 @@ from vqgen.engine.tensorboard import TENSORBOARD_DIR, require_tensorboard
 from vqgen.engine.units import describe
 from vqgen.data.images import DATASETS, open_dataset
 from vqgen.engine.trainer import TrainConfig
-from vqgen.pipeline.evaluate import EvalOptions, summary
+from vqgen.pipeline.evaluate import MIN_IMAGES, N_PER_CLASS, EvalOptions, summary
 from vqgen.pipeline.options import add_config_options, config_from_args
 from vqgen.pipeline.presets import RUN_PRESETS
 from vqgen.stage1_vqvae.config import PRESETS as VQVAE_PRESETS
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage2_prior.config import PRESETS as PRIOR_PRESETS
+from vqgen.stage2_prior.completion import PROPOSALS_PER_COMPLETION
 from vqgen.stage2_prior.config import PriorConfig
 
 IMAGE_FIELDS = ("in_channels", "image_height", "image_width")
@@ -46,9 +50,10 @@ class _PrintVersion(argparse.Action):
         parser.exit()
 
 
-def _bounded(name: str, kind: Callable[[str], Any], low: float, rule: str, none: bool = False) -> Callable[[str], Any]:
-    """An argparse type: `kind` of the text, at least `low` (above it for floats), or None for
-    'none'/'all' where `none`; a bad value is one line naming the option and the rule."""
+def _bounded(name: str, kind: Callable[[str], Any], low: float, rule: str, none: bool = False,
+             at_least: bool = False) -> Callable[[str], Any]:
+    """An argparse type: `kind` of the text, at least `low` (above it for floats, unless `at_least`), or
+    None for 'none'/'all' where `none`; a bad value is one line naming the option and the rule."""
     def parse(text: str) -> Any:
         if none and text.lower() in ("none", "all"):
             return None
@@ -57,7 +62,7 @@ def _bounded(name: str, kind: Callable[[str], Any], low: float, rule: str, none:
         except ValueError:
             what = ("an integer" if kind is int else "a number") + (" or 'none'" if none else "")
             raise argparse.ArgumentTypeError(f"{name}={text!r} is not {what}") from None
-        if not (value >= low if kind is int else value > low):
+        if not (value >= low if kind is int or at_least else value > low):
             raise argparse.ArgumentTypeError(f"{name}={value} is not allowed; must be {rule}")
         return value
     return parse
@@ -82,19 +87,75 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
 
 _temperature = _bounded("--temperature", float, 0.0, "> 0")
 _top_k = _bounded("--top-k", int, 1, ">= 1 (or none)", none=True)
+_guidance = _bounded("--guidance", float, 0.0, ">= 0 (1: plain conditional, 0: unconditional)", at_least=True)
+ALL_CODES = "all"  # `vqgen sample --top-k none`: every code, whatever top-k the prior's defaults hold
+
+
+def _top_p(text: str) -> float | None:
+    """--top-p in (0, 1]; 'none' (or 1) keeps every code."""
+    if text.lower() in ("none", "all"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--top-p={text!r} is not a number or 'none'") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"--top-p={value} is not allowed; must be in (0, 1] (or none)")
+    return value
+
+
+def _grid(text: str) -> tuple[int, int]:
+    """--grid HxW (e.g. 14x14), the code grid to sample."""
+    parts = text.lower().split("x")
+    try:
+        height, width = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--grid={text!r} is not HxW, e.g. 14x14") from None
+    if min(height, width) < 1:
+        raise argparse.ArgumentTypeError(f"--grid={text} is not allowed; H and W must be >= 1")
+    return height, width
 
 
 def _add_eval(parser: argparse.ArgumentParser) -> None:
     defaults = EvalOptions()
     group = parser.add_argument_group("evaluation")
     group.add_argument("--n-per-class", type=_positive("--n-per-class"), default=defaults.n_per_class,
-                       help=f"held-out images and samples per class (default {defaults.n_per_class})")
+                       help=f"held-out images and samples per class (default: {N_PER_CLASS}, or more to reach "
+                            f"{MIN_IMAGES} in all)")
     group.add_argument("--temperature", dest="temperatures", type=_temperature, nargs="+", default=defaults.temperatures,
                        metavar="T", help="sampling temperatures to score (default: "
                        f"{' '.join(map(str, defaults.temperatures))})")
     group.add_argument("--top-k", dest="top_ks", type=_top_k, nargs="+", default=defaults.top_ks, metavar="K",
-                       help="top-k values to score, 'none' for all codes (default: none, K/8 and K/4)")
+                       help="top-k values to score, 'none' for all codes (default: all codes, top-k K/8 or "
+                            "top-p 0.9; given top-k and top-p values are scored in every combination)")
+    group.add_argument("--top-p", dest="top_ps", type=_top_p, nargs="+", default=defaults.top_ps, metavar="P",
+                       help="top-p (nucleus) values to score, 'none' for all codes")
+    group.add_argument("--guidance", dest="guidances", type=_guidance, nargs="+", default=defaults.guidances,
+                       metavar="S", help="guidance scales to score (default: 1 and 2 for a prior trained with "
+                                         "label dropout, else 1)")
     group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the samples (and of the held-out choice when unlabelled)")
+
+
+def _add_sampling(parser: argparse.ArgumentParser) -> None:
+    """Options of one sampling setting; each one left out keeps the prior's default (chosen by `vqgen eval`)."""
+    group = parser.add_argument_group("sampling (each option left out keeps the prior's default, chosen by "
+                                      "`vqgen eval`; without one: temperature 1, all codes, guidance 1)")
+    group.add_argument("--temperature", type=_temperature, help="softmax temperature (> 0)")
+    group.add_argument("--top-k", type=lambda text: ALL_CODES if text.lower() in ("none", "all") else _top_k(text),
+                       help="sample among the k most likely codes only ('none': all codes)")
+    group.add_argument("--top-p", type=lambda text: _top_p(text) or 1.0,
+                       help="sample among the fewest most likely codes holding this share of the probability "
+                            "(nucleus sampling; 'none' or 1: all codes)")
+    group.add_argument("--guidance", type=_guidance,
+                       help="classifier-free guidance scale (1: the conditional prior as trained, 0: unconditional, "
+                            "above 1: closer to the class; needs a prior trained with label dropout)")
+    group.add_argument("--seed", type=int, default=0)
+
+
+def _sampling_options(args: argparse.Namespace, generator: Any) -> Any:
+    """The setting a sampling command draws with: the prior's defaults, each option given replaced."""
+    top_k = generator.prior.config.codebook_size if args.top_k == ALL_CODES else args.top_k
+    return generator.options(args.temperature, top_k, args.top_p, args.guidance)
 
 
 def _add_train(parser: argparse.ArgumentParser, prefix: str = "", skip: Sequence[str] = ()) -> None:
@@ -156,12 +217,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", required=True, type=Path)
     p.add_argument("-n", type=_positive("-n"), default=64, help="number of images (default 64)")
     p.add_argument("--label", type=int, help="class to sample (default: spread over all classes)")
-    p.add_argument("--temperature", type=_temperature,
-                   help="softmax temperature (> 0; default: the prior's, chosen by `vqgen eval`, else 1)")
-    p.add_argument("--top-k", type=int,
-                   help="sample among the k most likely codes only (default: the prior's, else all codes)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grid", type=_grid, help="code grid HxW to sample (default: the training grid); "
+                                              "a larger grid decodes to a larger image")
+    _add_sampling(p)
     p.add_argument("--nrow", type=_positive("--nrow"), default=8, help="images per grid row")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, type=Path, help="directory for grid.png, images/, codes.npy")
+
+    p = sub.add_parser("complete", help="complete a partly given image: keep part of it, sample the rest")
+    p.add_argument("--vqvae", required=True, type=Path)
+    p.add_argument("--prior", required=True, type=Path)
+    p.add_argument("--image", required=True, type=Path, help="the image to complete (the VQ-VAE's size)")
+    kept = p.add_mutually_exclusive_group(required=True)
+    kept.add_argument("--keep-top", type=_positive("--keep-top"), metavar="ROWS",
+                      help="keep the top ROWS pixel rows and generate the rest (exact conditional sampling)")
+    kept.add_argument("--mask", type=Path, help="a PNG of the image's size, white where pixels are to be generated")
+    p.add_argument("--label", type=int, help="class to complete as (a class-conditional prior needs one)")
+    p.add_argument("-n", type=_positive("-n"), default=8, help="number of completions (default 8)")
+    p.add_argument("--proposals", type=_positive("--proposals"),
+                   help="proposals drawn for a mask other than a kept top band, resampled by weight "
+                        f"(default: {PROPOSALS_PER_COMPLETION} per completion)")
+    _add_sampling(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, type=Path, help="directory for grid.png, images/, codes.npy")
 
@@ -178,7 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quick (~2 min smoke run), default (~10 min on a 2-core CPU), paper (GPU sizes)")
     p.add_argument("--samples", type=_positive("--samples"), help="images to sample (a row per class)")
     p.add_argument("--temperature", type=_temperature,
-                   help="temperature of the run's sample grid (> 0; default: the one eval chooses, else 1)")
+                   help="temperature of the run's sample grid (> 0; default: the one eval chooses, else 1); the "
+                        "grid's other options stay as eval chose them")
+    p.add_argument("--guidance", type=_guidance,
+                   help="guidance scale of the run's sample grid (default: the one eval chooses, else 1); the "
+                        "grid's other options stay as eval chose them")
     p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=None,
                    help="run `vqgen eval` after training (default: on, except for --preset quick)")
     _add_tensorboard(p, "RUN/tensorboard, a sub-run per stage (vqvae/, prior/, judge/, eval/, samples/)")
@@ -243,23 +323,40 @@ def _train_prior(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
+    from vqgen.engine.locks import directory_lock
     from vqgen.pipeline.generate import Generator, save_samples
+    from vqgen.stage2_prior.sampling import check_request
 
     generator = Generator.from_pretrained(args.vqvae, args.prior, device=args.device)
     labels = args.label
     if labels is None and generator.num_classes:
         labels = generator.spread_labels(args.n)
-    samples = generator.sample(args.n, labels=labels, temperature=args.temperature, top_k=args.top_k,
-                               seed=args.seed)
-    save_samples(samples, args.out, nrow=args.nrow)
+    options = _sampling_options(args, generator)
+    check_request(generator.prior, args.n, labels, options, args.grid)  # before the output directory is made
+    with directory_lock(args.out):
+        samples = generator.sample_with(args.n, labels, options, args.seed, grid=args.grid)
+        save_samples(samples, args.out, nrow=args.nrow)
     print(f"{args.n} samples written to {args.out} (grid.png, images/, codes.npy)")
+
+
+def _complete(args: argparse.Namespace) -> None:
+    from vqgen.pipeline.complete import complete_image
+
+    completed = complete_image(args.vqvae, args.prior, args.image, args.out, n=args.n, keep_top=args.keep_top,
+                               mask=args.mask, label=args.label, seed=args.seed, proposals=args.proposals,
+                               device=args.device, choose=lambda generator: _sampling_options(args, generator))
+    result = completed.completion
+    how = ("exact: the kept codes come first" if result.exact else
+           f"{result.proposals} proposals resampled by weight, effective sample size {result.effective_sample_size:.1f}")
+    print(f"{args.n} completions written to {args.out} (grid.png: original | masked | completions; {how})")
 
 
 def _eval(args: argparse.Namespace) -> None:
     from vqgen.pipeline.evaluate import evaluate_run
 
     options = EvalOptions(n_per_class=args.n_per_class, temperatures=tuple(args.temperatures),
-                          top_ks=args.top_ks and tuple(args.top_ks), seed=args.seed, device=args.device)
+                          top_ks=args.top_ks and tuple(args.top_ks), top_ps=args.top_ps and tuple(args.top_ps),
+                          guidances=args.guidances and tuple(args.guidances), seed=args.seed, device=args.device)
     report = evaluate_run(args.run, options, tensorboard=_tensorboard_dir(args, args.run))
     print("\n".join(summary(report)))
     print(f"written to {args.run / 'eval.json'}")
@@ -277,7 +374,8 @@ def _run(args: argparse.Namespace) -> None:
         vqvae_train=config_from_args(args, preset.vqvae_train, prefix="vqvae-", **shared_values),
         prior=config_from_args(args, preset.prior, prefix="prior-"),
         prior_train=config_from_args(args, preset.prior_train, prefix="prior-", **shared_values),
-        eval_images=preset.eval_images, samples=args.samples or 100, temperature=args.temperature)
+        eval_images=preset.eval_images, samples=args.samples or 100, temperature=args.temperature,
+        guidance=args.guidance)
     evaluate = preset.evaluate if args.eval is None else args.eval
     report = run(spec, args.out, download=args.download, evaluation=EvalOptions() if evaluate else None,
                  tensorboard=args.tensorboard, stream=args.stream)
@@ -295,7 +393,17 @@ def _run_summary(out: Path, report: dict[str, Any]) -> str:
 
 
 COMMANDS = {"train-vqvae": _train_vqvae, "export": _export, "train-prior": _train_prior,
-            "sample": _sample, "eval": _eval, "run": _run}
+            "sample": _sample, "complete": _complete, "eval": _eval, "run": _run}
+
+
+def _rank_to_say(err: VQGenError) -> int | None:
+    """Which rank prints `err` (None: this one keeps quiet). Under torchrun an error every rank meets
+    (bad input, before the ranks connect; one rank 0 broadcast; a stop all ranks agreed on) is said
+    once, by rank 0; an error of one rank's own, after they connected, by that rank, with its number."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        return 0
+    return rank if torch.distributed.is_initialized() and not err.shared else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -305,7 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except VQGenError as err:
-        print(f"vqgen {args.command}: error: {err}", file=sys.stderr)
+        rank = _rank_to_say(err)
+        if rank is not None:
+            print(f"vqgen {args.command}{f' (rank {rank})' if rank else ''}: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print(f"vqgen {args.command}: interrupted", file=sys.stderr)

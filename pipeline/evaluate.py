@@ -1,26 +1,34 @@
 """`vqgen eval`: how close a run's samples come to real held-out images, beside two floors.
 
 Reconstruction PSNR and bits per code do not say whether samples look like the data, so a judge
-(pipeline/judge.py) trained on the run's own train split embeds four sets of images, all scored
-against one reference set of 2n real held-out images:
-- real: n other real held-out images, the floor no model can beat at this n;
+(pipeline/judge.py) trained on the run's own train split embeds sets of images, each scored against
+real held-out images it does not contain:
+- real: n real held-out images, the floor no model can beat at this n;
 - reconstructions: the same n real images through the VQ-VAE, the floor of this decoder;
-- samples: n class-conditional samples for each temperature / top-k asked for.
-n = n_per_class x classes, the held-out images taken class by class (an unlabelled dataset counts
-as 10 groups, so n stays large enough for 128-dimensional covariances).
+- the selection draw: n class-conditional samples for each sampling setting asked for (temperature,
+  top-k, top-p, guidance), scored against a selection reference of 2n real images;
+- the chosen setting, the one of lowest Frechet distance in the selection draw, drawn afresh (another
+  seed) and scored against a second reference of 2n other real images, beside the floors.
+The minimum over many noisy scores is biased low (the seed-to-seed spread of a Frechet distance at
+n = 500 is about 0.2x the floor), so the chosen setting is reported on samples and a reference that
+played no part in choosing it. The real images may sit in the selection reference: they are only
+scored against the second reference.
 
-The setting with the lowest sample Frechet distance is "chosen": saved beside the prior as its
-sampling defaults (pipeline/generate.py, SamplingDefaults).
+n = n_per_class x classes, the held-out images taken class by class (an unlabelled dataset counts as
+10 groups); the default n_per_class keeps n >= MIN_IMAGES, as 128-dimensional covariances from fewer
+images are biased. For a class-conditional prior eval also reports the classification accuracy score
+(pipeline/classification_score.py) of the chosen setting, which guidance cannot inflate.
 
-With TensorBoard, every set's scores become scalars eval/SET/NAME (SET: real, reconstructions,
-samples-tT-topK, judge, chosen) and each setting's grid the image eval/samples-tT-topK/grid, all
-at the prior's last step.
+The chosen setting is saved beside the prior as its sampling defaults (pipeline/generate.py). With
+TensorBoard, every set's scores become scalars eval/SET/NAME and each setting's grid the image
+eval/SET/grid, at the prior's last step.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,47 +40,69 @@ from vqgen.data.images import BatchedImages
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import write_json
 from vqgen.engine.grids import save_grid
+from vqgen.engine.locks import directory_lock
 from vqgen.engine.tensorboard import open_sink, sub_run
+from vqgen.pipeline.classification_score import classification_accuracy_score
 from vqgen.pipeline.fidelity import NEIGHBOURS, fidelity
-from vqgen.pipeline.generate import Generator, SamplingDefaults
+from vqgen.pipeline.generate import Generator, save_sampling
 from vqgen.pipeline.judge import Judge, train_judge
 from vqgen.pipeline.spec import load_spec
 from vqgen.stage1_vqvae.model import VQVAE
+from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.model import GatedPixelCNN
-from vqgen.stage2_prior.sampling import check_top_k
+from vqgen.stage2_prior.sampling import SamplingOptions
 
 EVAL_FILE = "eval.json"
 MIN_GROUPS = 10
+MIN_IMAGES = 500  # images per set the default n_per_class reaches when the test split holds them
+N_PER_CLASS = 50
 GRID_PER_CLASS = 10
-
-
-TOP_K_SHARES = (8, 4)  # default top-k: K/8 and K/4 of the prior's K codes, beside all of them
+TOP_K_SHARE = 8        # default truncations: all codes, top-k K/8, or top-p TOP_P
+TOP_P = 0.9
+GUIDANCE = (1.0, 2.0)  # default guidance scales for a prior with a null class
+SETTING_KEYS = ("temperature", "top_k", "top_p", "guidance")
 
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """What eval scores: every temperature with every top-k (None: all codes). `top_ks=None` means all
-    codes, K/8 and K/4: truncating the rarest codes removes most broken strokes at little cost in
-    diversity, and as shares of K the same grid suits any codebook."""
+    """What eval scores: every temperature with every truncation and guidance scale.
 
-    n_per_class: int = 50
-    temperatures: tuple[float, ...] = (0.8, 0.9, 1.0, 1.1)
+    Truncations: with neither `top_ks` nor `top_ps` given, all codes, top-k K/8 (as a share of K the same
+    grid suits any codebook) and top-p 0.9, three ways of cutting off the rare codes that make broken
+    strokes at little cost in diversity; with either given, every top-k with every top-p (None: no
+    truncation). `guidances=None` means 1 and 2 for a prior trained with a null class, else 1.
+    `n_per_class=None` means 50, or more where needed to reach MIN_IMAGES per set."""
+
+    n_per_class: int | None = None
+    temperatures: tuple[float, ...] = (0.9, 1.0, 1.1)
     top_ks: tuple[int | None, ...] | None = None
+    top_ps: tuple[float | None, ...] | None = None
+    guidances: tuple[float, ...] | None = None
     seed: int = 0
     device: str = "auto"
 
-    def settings(self, codebook_size: int) -> list[tuple[float, int | None]]:
-        top_ks = self.top_ks or (None, *(max(1, codebook_size // share) for share in TOP_K_SHARES))
-        for top_k in top_ks:
-            check_top_k(top_k, codebook_size)
-        return [(t, k) for t in self.temperatures for k in dict.fromkeys(top_ks)]
+    def truncations(self, codebook_size: int) -> list[tuple[int | None, float | None]]:
+        if self.top_ks is None and self.top_ps is None:
+            return [(None, None), (max(1, codebook_size // TOP_K_SHARE), None), (None, TOP_P)]
+        return [(k, p) for k in dict.fromkeys(self.top_ks or (None,)) for p in dict.fromkeys(self.top_ps or (None,))]
+
+    def settings(self, config: PriorConfig) -> list[SamplingOptions]:
+        """Every combination, each checked against the prior (so a bad one stops eval before any work)."""
+        guidances = self.guidances or (GUIDANCE if config.null_label is not None else (1.0,))
+        settings = [SamplingOptions(t, top_k, top_p, g) for t in self.temperatures
+                    for top_k, top_p in self.truncations(config.codebook_size) for g in dict.fromkeys(guidances)]
+        for options in settings:
+            options.check(config)
+        return settings
 
 
 @dataclass(frozen=True)
 class HeldOut:
-    """Rows of the test split: `real` (n) and `reference` (2n), and the label of each real row."""
+    """Rows of the test split: `real` (n), the `selection` reference (2n) settings are chosen against,
+    the `reference` (2n, disjoint from it) the chosen setting and the floors are scored against."""
 
     real: torch.Tensor
+    selection: torch.Tensor
     reference: torch.Tensor
     labels: torch.Tensor | None
     per_group: int
@@ -86,19 +116,22 @@ def _groups(data: BatchedImages, seed: int) -> list[torch.Tensor]:
     return list(order.tensor_split(MIN_GROUPS))
 
 
-def held_out(data: BatchedImages, n_per_class: int, seed: int) -> HeldOut:
-    """n_per_class real and 2 x n_per_class reference rows from every group, fewer if a group is small."""
+def held_out(data: BatchedImages, n_per_class: int | None, seed: int) -> HeldOut:
+    """From every group: n_per_class real rows within 2 x n_per_class selection rows, and 2 x n_per_class
+    reference rows; fewer per group when the smallest group is short."""
     groups = _groups(data, seed)
-    per_group = min([n_per_class] + [len(rows) // 3 for rows in groups])
+    wanted = n_per_class or max(N_PER_CLASS, math.ceil(MIN_IMAGES / len(groups)))
+    per_group = min([wanted] + [len(rows) // 4 for rows in groups])
     if per_group < 1 or per_group * len(groups) <= NEIGHBOURS:
         smallest = min(len(rows) for rows in groups)
         raise VQGenError(f"the test split is too small to evaluate: its smallest class (or group) has {smallest} "
-                         f"images, and eval needs 3 held-out images per sample and more than {NEIGHBOURS} "
+                         f"images, and eval needs 4 held-out images per sample and more than {NEIGHBOURS} "
                          "samples in all; add test images")
+    selection = torch.cat([rows[:2 * per_group] for rows in groups])
     real = torch.cat([rows[:per_group] for rows in groups])
-    reference = torch.cat([rows[per_group:3 * per_group] for rows in groups])
+    reference = torch.cat([rows[2 * per_group:4 * per_group] for rows in groups])
     labels = data.labels[real] if data.labels is not None else None
-    return HeldOut(real, reference, labels, per_group)
+    return HeldOut(real, selection, reference, labels, per_group)
 
 
 def _images(data: BatchedImages, rows: torch.Tensor) -> torch.Tensor:
@@ -122,9 +155,10 @@ def _reconstruct(generator: Generator, images: torch.Tensor) -> torch.Tensor:
     return torch.cat(outputs)
 
 
-def _setting_name(temperature: float, top_k: int | None) -> str:
-    """`samples-t0.9-topall`: the grid's file name (with .png) and its TensorBoard set."""
-    return f"samples-t{temperature:g}-top{top_k or 'all'}"
+def setting_name(options: SamplingOptions) -> str:
+    """`samples-t0.9-topkall-toppall-g1`: a grid's file name (with .png) and its TensorBoard set."""
+    return (f"samples-t{options.temperature:g}-topk{options.top_k or 'all'}-topp{options.top_p or 'all'}"
+            f"-g{options.guidance:g}")
 
 
 def _show(report: dict[str, Any], grids: dict[str, Image.Image], log_dir: str | None, step: int) -> None:
@@ -133,12 +167,36 @@ def _show(report: dict[str, Any], grids: dict[str, Image.Image], log_dir: str | 
         sink.record({"step": step, "split": "judge", **report["judge"]})
         for name in ("real", "reconstructions"):
             sink.record({"step": step, "split": name, **report[name]})
-        for s in report["samples"]:
-            scores = {k: v for k, v in s.items() if k not in ("temperature", "top_k")}
-            sink.record({"step": step, "split": _setting_name(s["temperature"], s["top_k"]), **scores})
+        for s in report["selection"]:
+            scores = {k: v for k, v in s.items() if k not in SETTING_KEYS}
+            sink.record({"step": step, "split": setting_name(SamplingOptions(*(s[k] for k in SETTING_KEYS))),
+                         **scores})
         sink.record({"step": step, "split": "chosen", **report["chosen"]})
+        if report["classification_accuracy_score"]:
+            sink.record({"step": step, "split": "classification_accuracy_score",
+                         **report["classification_accuracy_score"]})
         for name, picture in grids.items():
             sink.image(f"{name}/grid", picture, step)
+
+
+class _Scorer:
+    """Draws and scores sample sets of one run's held-out rows."""
+
+    def __init__(self, generator: Generator, judge: Judge, rows: HeldOut, test: BatchedImages) -> None:
+        self.generator, self.judge, self.rows = generator, judge, rows
+        self.conditional = bool(generator.num_classes) and rows.labels is not None
+        self.labels = rows.labels if self.conditional else None
+        self.selection = judge.embed(_images(test, rows.selection))[0]
+        self.reference = judge.embed(_images(test, rows.reference))[0]
+
+    def draw(self, options: SamplingOptions, seed: int) -> torch.Tensor:
+        return self.generator.sample_with(len(self.rows.real), self.labels, options, seed, progress=False).images
+
+    def grid(self, images: torch.Tensor, path: Path) -> Image.Image:
+        """Up to GRID_PER_CLASS images of each class (group), a row each."""
+        per_group = self.rows.per_group
+        shown = images.unflatten(0, (-1, per_group))[:, :GRID_PER_CLASS].flatten(0, 1)
+        return save_grid(path, shown, nrow=min(GRID_PER_CLASS, per_group))
 
 
 def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress: bool = True,
@@ -149,59 +207,81 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
     `data` is the run's (train, test) images when the caller has them open already; `tensorboard`, the
     run's TensorBoard directory, gets the judge's training and these figures as sub-runs judge/, eval/.
     """
-    out, start = Path(out), time.perf_counter()
+    with directory_lock(out):
+        return _evaluate_run(Path(out), options, progress, data, tensorboard)
+
+
+def _evaluate_run(out: Path, options: EvalOptions, progress: bool, data: tuple[BatchedImages, BatchedImages] | None,
+                  tensorboard: str | Path | None) -> dict[str, Any]:
+    start = time.perf_counter()
     spec = load_spec(out)
     train, test = data or (spec.open_split("train", index_dir=out), spec.open_split("test", index_dir=out))
     # not from_pretrained: the prior's saved defaults must not stand in for the settings asked for
     generator = Generator(VQVAE.from_pretrained(out / "vqvae"), GatedPixelCNN.from_pretrained(out / "prior"),
                           device=options.device)
-    settings = options.settings(generator.prior.config.codebook_size)  # checked before the judge trains
+    settings = options.settings(generator.prior.config)  # checked before the judge trains
     judge, judge_accuracy = train_judge(train, test, out / "judge", options.device, progress,
                                         sub_run(tensorboard, "judge"))
     judge.to(generator.device)
     rows = held_out(test, options.n_per_class, options.seed)
-    reference = judge.embed(_images(test, rows.reference))[0]
+    scorer = _Scorer(generator, judge, rows, test)
     real = _images(test, rows.real)
-    conditional = generator.num_classes and rows.labels is not None
-    sample_labels = rows.labels if conditional else None
     report: dict[str, Any] = {
         "judge": {"test_accuracy": judge_accuracy, "task": judge.config.task},
         "n": len(rows.real), "n_per_class": rows.per_group, "reference": len(rows.reference),
-        "real": _score(judge, real, reference, rows.labels),
-        "reconstructions": _score(judge, _reconstruct(generator, real), reference, rows.labels),
-        "samples": [],
+        "real": _score(judge, real, scorer.reference, rows.labels),
+        "reconstructions": _score(judge, _reconstruct(generator, real), scorer.reference, rows.labels),
+        "selection": [],
     }
     grids: dict[str, Image.Image] = {}
-    for temperature, top_k in tqdm(settings, desc="eval samples", disable=not progress):
-        samples = generator.sample(len(rows.real), labels=sample_labels, temperature=temperature, top_k=top_k,
-                                   seed=options.seed, progress=False)
-        scored = _score(judge, samples.images, reference, sample_labels)
-        report["samples"].append({"temperature": temperature, "top_k": top_k, **scored})
-        shown = samples.images.unflatten(0, (-1, rows.per_group))[:, :GRID_PER_CLASS].flatten(0, 1)
-        name = _setting_name(temperature, top_k)
-        grids[name] = save_grid(out / "eval" / f"{name}.png", shown, nrow=min(GRID_PER_CLASS, rows.per_group))
-    best = min(report["samples"], key=lambda s: s["frechet"])
-    report["chosen"] = {"temperature": best["temperature"], "top_k": best["top_k"]}
+    for setting in tqdm(settings, desc="eval samples", disable=not progress):
+        images = scorer.draw(setting, options.seed)
+        report["selection"].append({**asdict(setting), **_score(judge, images, scorer.selection, scorer.labels)})
+        name = setting_name(setting)
+        grids[name] = scorer.grid(images, out / "eval" / f"{name}.png")
+    best = min(range(len(settings)), key=lambda i: report["selection"][i]["frechet"])
+    chosen = settings[best]
+    fresh = scorer.draw(chosen, options.seed + 1)
+    report["chosen"] = {**asdict(chosen), **_score(judge, fresh, scorer.reference, scorer.labels),
+                        "selection_frechet": report["selection"][best]["frechet"]}
+    grids["chosen"] = scorer.grid(fresh, out / "eval" / "chosen.png")
+    report["classification_accuracy_score"] = classification_accuracy_score(
+        generator, chosen, train, test, out / "eval" / "cas", options.seed + 2, options.device,
+        progress) if scorer.conditional else None
     report["seconds"] = time.perf_counter() - start
     write_json(out / EVAL_FILE, report)
-    SamplingDefaults(best["temperature"], best["top_k"]).save(out / "prior")  # last: it marks eval as done
+    save_sampling(chosen, out / "prior")  # last: it marks eval as done
     _show(report, grids, sub_run(tensorboard, "eval"), spec.prior_train.steps)
     return report
 
 
+def _describe_setting(s: dict[str, Any]) -> str:
+    return (f"T={s['temperature']:g} top-k={s['top_k'] or 'all'} top-p={s['top_p'] or 'all'} "
+            f"guidance={s['guidance']:g}")
+
+
 def summary(report: dict[str, Any]) -> list[str]:
     """Lines a person reads: every figure beside the real floor, with its unit."""
-    def line(name: str, s: dict[str, Any]) -> str:
+    def line(name: str, s: dict[str, Any], floor: float) -> str:
         accuracy = "" if s["class_accuracy"] is None else f"class accuracy {s['class_accuracy']:.1%}, "
-        return (f"{name:<28} Frechet {s['frechet']:8.2f} ({s['frechet'] / report['real']['frechet']:5.1f}x real), "
+        return (f"{name:<48} Frechet {s['frechet']:8.2f} ({s['frechet'] / floor:5.1f}x real), "
                 f"{accuracy}precision {s['precision']:.2f}, recall {s['recall']:.2f}")
 
+    floor = report["real"]["frechet"]
     lines = [f"judge: {report['judge']['task']}, test accuracy {report['judge']['test_accuracy']:.2%}; "
-             f"n={report['n']} images per set vs {report['reference']} real reference images",
-             line("real held-out (floor)", report["real"]), line("reconstructions", report["reconstructions"])]
-    for s in report["samples"]:
-        lines.append(line(f"samples T={s['temperature']:g} top-k={s['top_k'] or 'all'}", s))
+             f"n={report['n']} images per set, each scored against {report['reference']} real reference images"]
+    if report["n"] < MIN_IMAGES:
+        lines.append(f"warning: n={report['n']} is below {MIN_IMAGES}: the test split is small, so Frechet "
+                     "distances are biased high and move more from seed to seed")
+    lines += ["selection draw (against its own reference; the lowest Frechet is chosen):"]
+    lines += [line(f"  samples {_describe_setting(s)}", s, floor) for s in report["selection"]]
     chosen = report["chosen"]
-    lines.append(f"chosen: temperature {chosen['temperature']:g}, top-k {chosen['top_k'] or 'all'} "
-                 "(saved as the prior's sampling defaults)")
+    lines += ["fresh draw, against the other reference:", line("  real held-out (floor)", report["real"], floor),
+              line("  reconstructions", report["reconstructions"], floor),
+              line(f"  chosen {_describe_setting(chosen)}", chosen, floor)]
+    cas = report.get("classification_accuracy_score")
+    if cas:
+        lines.append(f"classification accuracy score: {cas['samples']:.1%} trained on {cas['images']} samples "
+                     f"(on as many real images: {cas['real']:.1%})")
+    lines.append(f"chosen: {_describe_setting(chosen)} (saved as the prior's sampling defaults)")
     return lines

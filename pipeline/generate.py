@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from vqgen.engine.configs import config_from_dict
 from vqgen.engine.errors import UsageError, VQGenError
@@ -14,37 +15,40 @@ from vqgen.engine.files import read_json, save_array, write_json
 from vqgen.engine.grids import save_grid
 from vqgen.engine.runtime import pick_device
 from vqgen.stage1_vqvae.model import VQVAE
+from vqgen.stage2_prior.completion import Completion
+from vqgen.stage2_prior.completion import complete as complete_codes
 from vqgen.stage2_prior.model import GatedPixelCNN
+from vqgen.stage2_prior.sampling import SamplingOptions
 from vqgen.stage2_prior.sampling import sample as sample_codes
 
 
 SAMPLING_FILE = "sampling.json"
 
 
-@dataclass(frozen=True)
-class SamplingDefaults:
-    """The temperature and top-k a prior samples with unless told otherwise.
+def save_sampling(options: SamplingOptions, prior_dir: str | Path) -> None:
+    """The prior's sampling defaults, as `vqgen eval` chose them: PRIOR/sampling.json."""
+    write_json(Path(prior_dir) / SAMPLING_FILE, asdict(options))
 
-    `vqgen eval` picks them (the setting with the lowest sample Frechet distance) and saves them in
-    the prior's directory as sampling.json; without that file they are 1.0 and all codes.
-    """
 
-    temperature: float = 1.0
-    top_k: int | None = None
-
-    def save(self, prior_dir: str | Path) -> None:
-        write_json(Path(prior_dir) / SAMPLING_FILE, asdict(self))
-
-    @classmethod
-    def load(cls, prior_dir: str | Path) -> "SamplingDefaults":
-        path = Path(prior_dir) / SAMPLING_FILE
-        return config_from_dict(cls, read_json(path, "sampling defaults"), str(path)) if path.exists() else cls()
+def load_sampling(prior_dir: str | Path) -> SamplingOptions:
+    """The options a prior samples with unless told otherwise: its sampling.json, else temperature 1
+    with all codes and no guidance."""
+    path = Path(prior_dir) / SAMPLING_FILE
+    return config_from_dict(SamplingOptions, read_json(path, "sampling defaults"), str(path)) if path.exists() \
+        else SamplingOptions()
 
 
 class Samples(NamedTuple):
     images: torch.Tensor  # (N, C, H, W) in [0, 1]
     codes: torch.Tensor   # (N, h, w) int64
     labels: torch.Tensor | None  # (N,)
+
+
+class Completed(NamedTuple):
+    samples: Samples        # the n completions
+    masked: torch.Tensor    # (C, H, W) the image with the generated part gray
+    grid: tuple[int, int]   # the code grid
+    completion: Completion  # effective sample size, proposals, exactness
 
 
 def check_pair(vqvae: VQVAE, prior: GatedPixelCNN) -> None:
@@ -62,7 +66,7 @@ class Generator:
     """`Generator.from_pretrained(vqvae_dir, prior_dir).sample(16, labels=3)` -> Samples."""
 
     def __init__(self, vqvae: VQVAE, prior: GatedPixelCNN, device: str = "auto",
-                 defaults: SamplingDefaults = SamplingDefaults()) -> None:
+                 defaults: SamplingOptions = SamplingOptions()) -> None:
         check_pair(vqvae, prior)
         self.device = pick_device(device)
         self.vqvae, self.prior = vqvae.to(self.device).eval(), prior.to(self.device).eval()
@@ -72,7 +76,7 @@ class Generator:
     def from_pretrained(cls, vqvae_dir: str | Path, prior_dir: str | Path, device: str = "auto") -> "Generator":
         """Both models, and the prior's saved sampling defaults (sampling.json) when it has them."""
         return cls(VQVAE.from_pretrained(vqvae_dir), GatedPixelCNN.from_pretrained(prior_dir), device,
-                   SamplingDefaults.load(prior_dir))
+                   load_sampling(prior_dir))
 
     @property
     def num_classes(self) -> int:
@@ -84,30 +88,81 @@ class Generator:
             raise UsageError("the prior is unconditional; it has no classes to sample by")
         return torch.arange(n) * self.num_classes // n
 
-    @torch.no_grad()
-    def sample(self, n: int, labels: int | torch.Tensor | None = None, temperature: float | None = None,
-               top_k: int | None = None, seed: int | None = None, progress: bool = True) -> Samples:
-        """n images; temperature and top_k default to `self.defaults` (top_k=K keeps every code)."""
-        temperature = self.defaults.temperature if temperature is None else temperature
-        top_k = self.defaults.top_k if top_k is None else top_k
+    def options(self, temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                guidance: float | None = None) -> SamplingOptions:
+        """`self.defaults` with each option given replaced; the others keep their defaults (top_k=K keeps
+        every code, top_p=1 turns nucleus truncation off)."""
+        given = dict(temperature=temperature, top_k=top_k, top_p=top_p, guidance=guidance)
+        return replace(self.defaults, **{k: v for k, v in given.items() if v is not None})
+
+    def _generator(self, seed: int | None) -> torch.Generator:
         generator = torch.Generator(self.device)
         if seed is None:
             generator.seed()
         else:
             generator.manual_seed(seed)
-        codes = sample_codes(self.prior, n, labels=labels, temperature=temperature, top_k=top_k,
-                             generator=generator, progress=progress)  # checks n, labels and options
+        return generator
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: int | torch.Tensor | None = None, temperature: float | None = None,
+               top_k: int | None = None, top_p: float | None = None, guidance: float | None = None,
+               seed: int | None = None, progress: bool = True, grid: tuple[int, int] | None = None) -> Samples:
+        """n images. Options left None take the prior's defaults (`options`); `grid` (h, w) samples a code
+        grid of another size than the training grid, decoded to an image of h and w times the VQ-VAE's factor."""
+        return self.sample_with(n, labels, self.options(temperature, top_k, top_p, guidance), seed, progress, grid)
+
+    @torch.no_grad()
+    def sample_with(self, n: int, labels: int | torch.Tensor | None, options: SamplingOptions,
+                    seed: int | None = None, progress: bool = True, grid: tuple[int, int] | None = None) -> Samples:
+        """n images drawn with exactly `options` (the defaults play no part)."""
+        codes = sample_codes(self.prior, n, labels=labels, options=options, generator=self._generator(seed),
+                             progress=progress, grid=grid)  # checks n, labels and options
+        return self._samples(codes, labels)
+
+    def code_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """(H, W) pixel mask, True where pixels are to be generated -> (h, w) codes to generate: every code
+        whose cell of f x f pixels (f: the VQ-VAE's downsampling factor) overlaps a masked pixel."""
+        config = self.vqvae.config
+        if tuple(mask.shape) != (config.image_height, config.image_width):
+            raise UsageError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the images are "
+                             f"{config.image_width}x{config.image_height} (width x height); draw it at the image's size")
+        factor = config.downsample_factor
+        return F.max_pool2d(mask.float()[None, None], factor)[0, 0].bool()  # (h, w)
+
+    @torch.no_grad()
+    def complete(self, image: torch.Tensor, mask: torch.Tensor, n: int, label: int | None = None,
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 guidance: float | None = None, seed: int | None = None, proposals: int | None = None,
+                 progress: bool = True) -> Completed:
+        """n completions of `image` (C, H, W) in [0, 1] where `mask` (H, W) is True: the image is encoded,
+        the codes whose cells overlap the mask are sampled given the others (stage2_prior/completion.py),
+        and the grids decoded. Options left None take the prior's defaults, as in `sample`."""
+        config = self.vqvae.config
+        self.vqvae.config.check_images(*image.shape)
+        unknown = self.code_mask(mask.bool())
+        codes = self.vqvae.encode(image[None].to(self.device))[0]  # (h, w)
+        result = complete_codes(self.prior, codes, unknown.to(self.device), n, label,
+                                self.options(temperature, top_k, top_p, guidance), self._generator(seed), proposals,
+                                progress)
+        masked = image.clone()
+        masked[:, mask.bool()] = 0.5  # gray where the completions generate
+        labels = None if label is None else torch.full((n,), label)
+        return Completed(self._samples(result.codes, labels), masked.cpu(), config.grid, result)
+
+    def _samples(self, codes: torch.Tensor, labels: int | torch.Tensor | None) -> Samples:
         images = self.vqvae.decode(codes).float().clamp(0, 1)
+        n = len(codes)
         label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.long).cpu().expand(n).clone()
         return Samples(images.cpu(), codes.cpu(), label_tensor)
 
 
-def save_samples(samples: Samples, out_dir: str | Path, nrow: int = 8) -> None:
-    """One PNG per image, codes.npy (+ labels.npy), and grid.png last: its presence means the rest is there."""
+def save_samples(samples: Samples, out_dir: str | Path, nrow: int = 8, shown: torch.Tensor | None = None) -> None:
+    """One PNG per image, codes.npy (+ labels.npy), and grid.png last (of `shown`, default the samples):
+    its presence means the rest is there."""
     out = Path(out_dir)
     for i, image in enumerate(samples.images):
         save_grid(out / "images" / f"{i:04d}.png", image[None], nrow=1)
     save_array(out / "codes.npy", samples.codes.numpy())
     if samples.labels is not None:
         save_array(out / "labels.npy", samples.labels.numpy())
-    save_grid(out / "grid.png", samples.images, nrow=nrow)
+    save_grid(out / "grid.png", samples.images if shown is None else shown, nrow=nrow)

@@ -156,19 +156,17 @@ def judge_steps(train_size: int) -> int:
     return max(1, min(MAX_STEPS, EPOCHS * (train_size // BATCH)))
 
 
-def train_judge(train: BatchedImages, test: BatchedImages, out_dir: str | Path, device: str = "auto",
-                progress: bool = True, tensorboard: str | None = None, num_workers: int = 0) -> tuple[Judge, float]:
-    """The run's judge and its test accuracy: trained once into `out_dir`, then read back from there.
-    `tensorboard` (a directory for its events), `device` and `num_workers` (loader processes decoding
-    a streamed folder) are runtime options: they do not change the judge."""
+def fit_judge(config: JudgeConfig, train: BatchedImages, test: BatchedImages, out_dir: str | Path, steps: int,
+              device: str = "auto", progress: bool = True, tensorboard: str | None = None,
+              num_workers: int = 0) -> tuple[Judge, float]:
+    """A judge of `config` trained by the fixed recipe for `steps` steps into `out_dir` (resumed, or read
+    back when done), and its accuracy on `test`."""
     out_dir = Path(out_dir)
-    config = JudgeConfig.for_data(train.info, train.labels is not None)
-    steps = judge_steps(len(train))
     if saved_step(out_dir) < steps:
         seed_everything(SEED)
         train_config = TrainConfig(steps=steps, batch_size=min(BATCH, len(train)), lr=LR, seed=SEED, device=device,
-                                   num_workers=num_workers, log_every=50, eval_every=steps, checkpoint_every=max(1, steps // 4),
-                                   tensorboard=tensorboard)
+                                   num_workers=num_workers, log_every=50, eval_every=steps,
+                                   checkpoint_every=max(1, steps // 4), tensorboard=tensorboard)
         Trainer(JudgeTask(Judge(config), train, test), train_config, out_dir, progress=progress).fit()
     judge = Judge.from_pretrained(out_dir)
     if judge.config != config:
@@ -176,3 +174,13 @@ def train_judge(train: BatchedImages, test: BatchedImages, out_dir: str | Path, 
                          "remove that directory to train a new judge")
     accuracy = [r["test_accuracy"] for r in read_metrics(out_dir / METRICS_FILE) if "test_accuracy" in r]
     return judge, float(accuracy[-1])
+
+
+def train_judge(train: BatchedImages, test: BatchedImages, out_dir: str | Path, device: str = "auto",
+                progress: bool = True, tensorboard: str | None = None, num_workers: int = 0) -> tuple[Judge, float]:
+    """The run's judge and its test accuracy: trained once into `out_dir`, then read back from there.
+    `tensorboard` (a directory for its events), `device` and `num_workers` (loader processes decoding
+    a streamed folder) are runtime options: they do not change the judge."""
+    config = JudgeConfig.for_data(train.info, train.labels is not None)
+    return fit_judge(config, train, test, out_dir, judge_steps(len(train)), device, progress, tensorboard,
+                     num_workers)

@@ -22,7 +22,8 @@ from PIL import Image
 from vqgen.data.images import BatchedImages
 from vqgen.data.latents import MANIFEST, read_manifest
 from vqgen.engine.checkpoint import WEIGHTS_FILE
-from vqgen.engine.distributed import Dist, barrier, process_device
+from vqgen.engine.distributed import Dist, barrier, on_main, process_device
+from vqgen.engine.locks import directory_lock
 from vqgen.engine.files import read_json, write_json
 from vqgen.engine.tensorboard import TENSORBOARD_DIR, open_sink, require_tensorboard, sub_run
 from vqgen.engine.trainer import saved_step
@@ -37,10 +38,10 @@ from vqgen.stage1_vqvae.train import train_vqvae
 from vqgen.stage2_prior.train import train_prior
 
 class Timings:
-    """Wall seconds per stage, accumulated across interrupted and resumed invocations."""
+    """Wall seconds per stage, accumulated across interrupted and resumed invocations (written by rank 0)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
         self.seconds: dict[str, float] = read_json(path) if path.exists() else {}
 
     @contextlib.contextmanager
@@ -50,7 +51,8 @@ class Timings:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-            write_json(self.path, self.seconds)
+            if self.enabled:
+                write_json(self.path, self.seconds)
 
 
 def _export_current(target: Path, vqvae_sha: str) -> bool:
@@ -86,23 +88,30 @@ def with_tensorboard(spec: RunSpec, root: Path | None) -> RunSpec:
 def run(spec: RunSpec, out: str | Path, download: bool = False, progress: bool = True,
         evaluation: EvalOptions | None = EvalOptions(), tensorboard: bool = False,
         stream: bool | None = None) -> dict[str, Any]:
-    """The whole pipeline into `out`; returns the report. `evaluation=None` skips `vqgen eval`;
-    `tensorboard` writes event files under out/tensorboard, a sub-run per stage; `stream` decodes a
-    folder per batch (True), all into memory first (False), or by its size (None)."""
+    """The whole pipeline into `out`, holding its lock; returns the report (on rank 0 under torchrun, {}
+    on the other ranks). `evaluation=None` skips `vqgen eval`; `tensorboard` writes event files under
+    out/tensorboard, a sub-run per stage; `stream` decodes a folder per batch (True), all into memory
+    first (False), or by its size (None)."""
     out = Path(out)
     boards = out / TENSORBOARD_DIR if tensorboard else None
-    spec = with_tensorboard(spec, boards)
+    spec = with_tensorboard(spec, boards)  # fails at once without the package
+    ctx, device = process_device(spec.vqvae_train.device)
+    with directory_lock(out, ctx):
+        return _run(spec, out, ctx, device, download, progress, evaluation, boards, stream)
+
+
+def _run(spec: RunSpec, out: Path, ctx: Dist, device: torch.device, download: bool, progress: bool,
+         evaluation: EvalOptions | None, boards: Path | None, stream: bool | None) -> dict[str, Any]:
     train_images, test_images = (spec.open_split(split, download, stream, index_dir=out) for split in ("train", "test"))
     info = train_images.info
     spec = replace(spec, vqvae=replace(spec.vqvae, in_channels=info.channels, image_height=info.height,
                                        image_width=info.width))
-    claim_run_dir(out, spec)
-    timings = Timings(out / "timings.json")
+    on_main(ctx, lambda: claim_run_dir(out, spec))
+    timings = Timings(out / "timings.json", enabled=ctx.is_main)
     if saved_step(out / "vqvae") < spec.vqvae_train.steps:
         with timings.stage("vqvae"):
             train_vqvae(spec.vqvae, spec.vqvae_train, train_images, test_images, out / "vqvae",
                         eval_images=spec.eval_images, progress=progress)
-    ctx, device = process_device(spec.vqvae_train.device)
     exports = {}
     for split, data in (("train", train_images), ("test", test_images)):
         with timings.stage(f"export_{split}"):
@@ -117,23 +126,25 @@ def run(spec: RunSpec, out: str | Path, download: bool = False, progress: bool =
         with timings.stage("judge"):  # every torchrun rank trains it (once); eval below runs on rank 0
             train_judge(train_images, test_images, out / "judge", spec.prior_train.device, progress,
                         sub_run(boards, "judge"), spec.vqvae_train.num_workers)
-    report: dict[str, Any] = {}
-    if ctx.is_main:
+
+    def finish() -> dict[str, Any]:
         if evaluate:
             with timings.stage("eval"):
-                evaluate_run(out, replace(evaluation, device=spec.prior_train.device), progress,
+                evaluate_run(out, replace(evaluation, device=spec.prior_train.device), progress,  # type: ignore[arg-type]
                              data=(train_images, test_images), tensorboard=boards)
             (out / "samples" / "grid.png").unlink(missing_ok=True)  # drawn at the defaults eval replaced
         with timings.stage("sample"):
             sample_run(out, spec, progress, sub_run(boards, "samples"))
-        report = write_report(out, spec.to_json(), timings.seconds, exports)
-    barrier(ctx)
-    return report
+        return write_report(out, spec.to_json(), timings.seconds, exports)
+
+    report = on_main(ctx, finish)
+    return report if ctx.is_main else {}
 
 
 def sample_run(out: Path, spec: RunSpec, progress: bool, tensorboard: str | None = None) -> None:
     """The run's sample grid, a row per class when the data is labelled, at the prior's sampling defaults
-    (those `vqgen eval` chose) unless the run fixed a temperature; shown in TensorBoard as samples/grid."""
+    (those `vqgen eval` chose), but for the temperature and guidance the run fixed; shown in TensorBoard as
+    samples/grid."""
     samples_dir = out / "samples"
     if (samples_dir / "grid.png").exists():  # written last
         return
@@ -142,11 +153,12 @@ def sample_run(out: Path, spec: RunSpec, progress: bool, tensorboard: str | None
     if generator.num_classes:
         per_class = max(1, spec.samples // generator.num_classes)
         labels = generator.spread_labels(per_class * generator.num_classes)
-        samples = generator.sample(len(labels), labels=labels, temperature=spec.temperature, seed=seed,
-                                   progress=progress)
+        samples = generator.sample(len(labels), labels=labels, temperature=spec.temperature, guidance=spec.guidance,
+                                   seed=seed, progress=progress)
         save_samples(samples, samples_dir, nrow=per_class)
     else:
-        samples = generator.sample(spec.samples, temperature=spec.temperature, seed=seed, progress=progress)
+        samples = generator.sample(spec.samples, temperature=spec.temperature, guidance=spec.guidance, seed=seed,
+                                   progress=progress)
         save_samples(samples, samples_dir, nrow=10)
     step = spec.prior_train.steps
     with open_sink(tensorboard, "samples", step) as sink, Image.open(samples_dir / "grid.png") as picture:

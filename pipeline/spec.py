@@ -33,7 +33,8 @@ class RunSpec:
     image_size: int | None = None
     eval_images: int = 2000
     samples: int = 100
-    temperature: float | None = None
+    temperature: float | None = None  # of the sample grid; None: as eval chose
+    guidance: float | None = None     # of the sample grid; None: as eval chose
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,7 +12,8 @@ from vqgen.engine.batches import make_loader
 from vqgen.engine.checkpoint import WEIGHTS_FILE
 from vqgen.data.images import BatchedImages
 from vqgen.data.latents import LatentManifest, LatentWriter
-from vqgen.engine.distributed import Dist, barrier, broadcast_object
+from vqgen.engine.distributed import Dist, barrier, on_main
+from vqgen.engine.locks import exclusive
 from vqgen.stage1_vqvae.model import VQVAE
 
 
@@ -50,24 +51,16 @@ def export_latents(model: VQVAE, data: BatchedImages, out: str | Path, vqvae_dir
         vqvae={"path": str(vqvae_dir) if vqvae_dir else None,
                "sha256": file_sha256(Path(vqvae_dir) / WEIGHTS_FILE) if vqvae_dir else None})
     writer = LatentWriter(out, manifest)
-    error = None
-    if ctx.is_main:
-        try:
-            writer.create(model.quantizer.codebook_vectors().float().cpu().numpy())
-        except Exception as err:  # noqa: BLE001 - handed to every rank so all stop together
-            error = err
-    error = broadcast_object(error, ctx)
-    if error is not None:
-        raise error
-    rows = shard(len(data), ctx)
-    batches = [list(range(start, min(start + batch_size, rows.stop))) for start in range(rows.start, rows.stop, batch_size)]
-    loader = make_loader(data, batches, num_workers, device.type == "cuda")
-    for indices, (images, labels) in zip(batches, tqdm(loader, desc=f"export {info.split}",
-                                                        disable=not (progress and ctx.is_main))):
-        codes = model.encode(images.to(device))  # (B, h, w)
-        writer.write(indices[0], codes, labels if data.labels is not None else None)
-    barrier(ctx)
-    if ctx.is_main:
-        writer.commit()
-    barrier(ctx)
+    with exclusive(writer.tmp.with_name(f".{writer.target.name}.lock"), f"the export to {out}", ctx):
+        on_main(ctx, lambda: writer.create(model.quantizer.codebook_vectors().float().cpu().numpy()))
+        rows = shard(len(data), ctx)
+        batches = [list(range(start, min(start + batch_size, rows.stop)))
+                   for start in range(rows.start, rows.stop, batch_size)]
+        loader = make_loader(data, batches, num_workers, device.type == "cuda")
+        for indices, (images, labels) in zip(batches, tqdm(loader, desc=f"export {info.split}",
+                                                            disable=not (progress and ctx.is_main))):
+            codes = model.encode(images.to(device))  # (B, h, w)
+            writer.write(indices[0], codes, labels if data.labels is not None else None)
+        barrier(ctx)
+        on_main(ctx, writer.commit)
     return manifest

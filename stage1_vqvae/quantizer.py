@@ -189,7 +189,7 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
         """Move codes whose usage EMA fell below the threshold onto recent encoder outputs."""
         if self._recent is None or self.config.restart_threshold <= 0:
             return 0
-        dead = (self.usage_ema < self.config.restart_threshold).nonzero().flatten()  # (M,)
+        dead = (self._usage() < self.config.restart_threshold).nonzero().flatten()  # (M,)
         if dead.numel() == 0:
             return 0
         candidates = gather_rows(self._recent)  # (N, d)
@@ -198,24 +198,45 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
         self._set_codes(dead, picks)
         return int(dead.numel())
 
+    def _usage(self) -> torch.Tensor:
+        """(K,) recent uses of each code per step, as the restarts judge them."""
+        return self.usage_ema
+
     def _set_codes(self, which: torch.Tensor, vectors: torch.Tensor) -> None:
         self.codebook.data[which] = vectors.to(self.codebook.dtype)
         self.usage_ema[which] = max(self.config.restart_threshold, 1.0)
 
 
 class StraightThroughQuantizer(Quantizer):
-    """Codebook learned by gradient of ||sg[z] - e||^2 (eq. 3); the encoder commits with beta."""
+    """Codebook learned by gradient of ||sg[z] - e||^2 (eq. 3); the encoder commits with beta.
+
+    Its usage average starts at zero, so it is read debiased, as Adam debiases its moments (Kingma &
+    Ba 2015): divided by 1 - decay**updates. Read raw, codes in use would look dead at the first restarts.
+    """
 
     def __init__(self, config: QuantizerConfig) -> None:
         super().__init__(config)
         k = config.codebook_size
         self.codebook = nn.Parameter(torch.empty(k, config.space).uniform_(-1 / k, 1 / k))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     def _codebook_loss(self, flat: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(codes, flat.detach())
 
     def _update(self, flat: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
         self.usage_ema.mul_(self.config.decay).add_(counts, alpha=1 - self.config.decay)
+        self.updates += 1
+
+    def _weight(self) -> torch.Tensor:
+        """1 - decay**updates: the share of the usage average's weight that data has filled so far."""
+        return 1 - self.config.decay ** self.updates.double().clamp_min(1)
+
+    def _usage(self) -> torch.Tensor:
+        return self.usage_ema / self._weight().float()
+
+    def _set_codes(self, which: torch.Tensor, vectors: torch.Tensor) -> None:
+        super()._set_codes(which, vectors)
+        self.usage_ema[which] *= self._weight().float()  # debiased, a restarted code reads as the threshold
 
 
 class EMAQuantizer(Quantizer):

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vqgen.data.images import BatchedImages, check_divisible
+from vqgen.data.rows import spread_rows
 from vqgen.engine.runtime import seed_everything
 from vqgen.engine.trainer import Figure, StepResult, TrainConfig, Trainer
 from vqgen.stage1_vqvae.config import VQVAEConfig
@@ -27,23 +28,10 @@ def psnr(mse: torch.Tensor | float) -> float:
     return -10.0 * math.log10(max(float(mse), 1e-12))
 
 
-def spread_rows(data: BatchedImages, count: int) -> list[int]:
-    """`count` rows taken in turn from each class (evenly spaced rows when unlabelled): a folder sorted
-    by class would otherwise show, and evaluate, its first class only."""
-    count = min(count, len(data))
-    if data.labels is None:
-        return torch.linspace(0, len(data) - 1, count).round().long().tolist()
-    by_class = [(data.labels == c).nonzero().flatten() for c in data.labels.unique()]
-    depth = max(len(rows) for rows in by_class)
-    padded = torch.stack([torch.cat([rows, rows.new_full((depth - len(rows),), -1)]) for rows in by_class])
-    interleaved = padded.t().flatten()  # (depth * classes,): first row of each class, then the second, ...
-    return interleaved[interleaved >= 0][:count].tolist()
-
-
 @torch.no_grad()
 def evaluate_vqvae(model: VQVAE, data: BatchedImages, device: torch.device, limit: int | None = None) -> dict[str, float]:
     """Held-out MSE, PSNR, perplexity and codebook use, over `limit` images spread over the classes."""
-    rows = spread_rows(data, len(data) if limit is None else limit)
+    rows = spread_rows(data.labels, len(data), len(data) if limit is None else limit)
     sq_error, pixels = 0.0, 0
     counts = torch.zeros(model.config.codebook_size, dtype=torch.long, device=device)
     for start in range(0, len(rows), EVAL_BATCH):
@@ -90,7 +78,7 @@ class VQVAETask:
 
     def figures(self, model: nn.Module) -> dict[str, Figure]:
         """reconstructions(.png): held-out images from every class, each beside its reconstruction."""
-        images, _ = self.held_out.__getitems__(spread_rows(self.held_out, SHOWN))
+        images, _ = self.held_out.__getitems__(spread_rows(self.held_out.labels, len(self.held_out), SHOWN))
         images = images.to(next(model.parameters()).device)
         recon = model(images).reconstruction.float()
         rows = torch.stack([images.cpu(), recon.cpu()], dim=1).flatten(0, 1)  # (2B, C, H, W): real, decoded

@@ -15,8 +15,12 @@ from vqgen.data.builtin import make_builtin
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.trainer import saved_step
 from vqgen.pipeline.cli import main
-from vqgen.pipeline.evaluate import EvalOptions, evaluate_run, held_out
-from vqgen.pipeline.generate import SAMPLING_FILE, Generator, SamplingDefaults
+from vqgen.data.images import DatasetInfo, ImageDataset
+from vqgen.engine.errors import UsageError
+from vqgen.pipeline.evaluate import SETTING_KEYS, EvalOptions, evaluate_run, held_out
+from vqgen.pipeline.generate import SAMPLING_FILE, Generator, load_sampling, save_sampling
+from vqgen.stage2_prior.config import PriorConfig
+from vqgen.stage2_prior.sampling import SamplingOptions
 from vqgen.pipeline.judge import FEATURES, JudgeConfig, quarter_turns, rotate, train_judge
 
 TINY_RUN = ["--preset", "quick", "--device", "cpu", "--vqvae-steps", "4", "--vqvae-batch-size", "8",
@@ -37,32 +41,47 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Path:
     return out
 
 
+def settings_of(entries: list[dict]) -> list[tuple]:
+    return [tuple(s[k] for k in SETTING_KEYS) for s in entries]
+
+
 def test_run_with_eval_writes_eval_json_of_the_documented_shape(evaluated: Path) -> None:
     report = json.loads((evaluated / "eval.json").read_text())
-    assert {"judge", "real", "reconstructions", "samples", "chosen"} <= set(report)
+    assert {"judge", "real", "reconstructions", "selection", "chosen", "classification_accuracy_score"} <= set(report)
     assert 0.0 <= report["judge"]["test_accuracy"] <= 1.0
     assert {"frechet", "precision", "recall"} <= set(report["real"])
     assert SCORE_KEYS <= set(report["reconstructions"])
     assert json.loads((evaluated / "prior" / "config.json").read_text())["codebook_size"] == 64
-    assert [(s["temperature"], s["top_k"]) for s in report["samples"]] == \
-        [(t, k) for t in (0.8, 0.9, 1.0, 1.1) for k in (None, 8, 16)]  # all codes, K/8, K/4
-    for scores in [report["real"], report["reconstructions"], *report["samples"]]:
+    assert settings_of(report["selection"]) == [(t, k, p, g) for t in (0.9, 1.0, 1.1)  # all codes, K/8, top-p 0.9
+                                                for k, p in ((None, None), (8, None), (None, 0.9)) for g in (1.0, 2.0)]
+    for scores in [report["real"], report["reconstructions"], *report["selection"], report["chosen"]]:
         assert all(0.0 <= scores[k] <= 1.0 for k in ("class_accuracy", "precision", "recall"))
         assert scores["frechet"] >= -1e-6
-    best = min(report["samples"], key=lambda s: s["frechet"])
-    assert report["chosen"] == {"temperature": best["temperature"], "top_k": best["top_k"]}
+    best = min(report["selection"], key=lambda s: s["frechet"])
+    assert settings_of([report["chosen"]]) == settings_of([best]) and report["chosen"]["selection_frechet"] == best["frechet"]
+    cas = report["classification_accuracy_score"]
+    assert 0 <= cas["samples"] <= 1 and 0 <= cas["real"] <= 1 and cas["images"] == 2000
     assert json.loads((evaluated / "report.json").read_text())["eval"] == report
 
 
-def test_report_shows_the_prior_that_was_trained(evaluated: Path) -> None:
-    prior = json.loads((evaluated / "report.json").read_text())["config"]["prior"]
-    assert prior["num_classes"] == 2 and prior["grid_height"] == 4
-    assert prior["codebook_size"] == json.loads((evaluated / "prior" / "config.json").read_text())["codebook_size"]
+def test_the_chosen_setting_is_reported_on_a_fresh_draw_and_another_reference(evaluated: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Choosing the minimum of noisy scores biases it low: the figures reported come from other samples
+    scored against other real images."""
+    run = Path(shutil.copytree(evaluated, tmp_path / "run"))
+    seeds: list[int] = []
+    real_sample_with = Generator.sample_with
+    monkeypatch.setattr(Generator, "sample_with", lambda self, n, labels, options, seed=None, *a, **k:
+                        seeds.append(seed) or real_sample_with(self, n, labels, options, seed, *a, **k))
+    report = evaluate_run(run, EvalOptions(temperatures=(1.0,), guidances=(1.0,), seed=7, device="cpu"),
+                          progress=False)
+    assert seeds == [7, 7, 7, 8, 9]  # three settings on one draw; the chosen one afresh; CAS's samples
+    assert report["chosen"]["frechet"] != report["chosen"]["selection_frechet"]
 
 
 def test_chosen_setting_becomes_the_sampling_default(evaluated: Path, tmp_path: Path) -> None:
     chosen = json.loads((evaluated / "eval.json").read_text())["chosen"]
-    assert SamplingDefaults.load(evaluated / "prior") == SamplingDefaults(chosen["temperature"], chosen["top_k"])
+    assert load_sampling(evaluated / "prior") == SamplingOptions(*(chosen[k] for k in SETTING_KEYS))
     generator = Generator.from_pretrained(evaluated / "vqvae", evaluated / "prior", device="cpu")
     implicit = generator.sample(6, labels=1, seed=3, progress=False).codes
     explicit = generator.sample(6, labels=1, temperature=chosen["temperature"], seed=3, progress=False).codes
@@ -74,25 +93,42 @@ def test_chosen_setting_becomes_the_sampling_default(evaluated: Path, tmp_path: 
     np.testing.assert_array_equal(np.load(tmp_path / "s" / "codes.npy"), implicit.numpy())
 
 
+def test_sample_options_replace_one_default_each_and_none_means_all_codes(evaluated: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(evaluated, tmp_path / "run"))
+    save_sampling(SamplingOptions(temperature=0.7, top_k=2, top_p=0.5, guidance=2.0), run / "prior")
+    generator = Generator.from_pretrained(run / "vqvae", run / "prior", device="cpu")
+    assert generator.options(temperature=1.3) == SamplingOptions(1.3, 2, 0.5, 2.0)
+    common = ["sample", "--vqvae", run / "vqvae", "--prior", run / "prior", "-n", "6", "--label", "1", "--seed", "3",
+              "--device", "cpu"]
+    assert vqgen(*common, "--top-k", "none", "--top-p", "none", "--out", tmp_path / "all") == 0
+    everything = generator.sample(6, labels=1, top_k=64, top_p=1.0, seed=3, progress=False).codes
+    np.testing.assert_array_equal(np.load(tmp_path / "all" / "codes.npy"), everything.numpy())
+    truncated = generator.sample(6, labels=1, seed=3, progress=False).codes
+    assert not torch.equal(everything, truncated)
+
+
 def test_eval_command_rescores_with_the_settings_asked(evaluated: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     run = Path(shutil.copytree(evaluated, tmp_path / "run"))
-    assert vqgen("eval", "--run", run, "--temperature", "0.5", "2", "--top-k", "none", "3", "--device", "cpu") == 0
+    assert vqgen("eval", "--run", run, "--temperature", "0.5", "2", "--top-k", "none", "3", "--top-p", "0.8",
+                 "--guidance", "1.5", "--device", "cpu") == 0
     report = json.loads((run / "eval.json").read_text())
-    assert [(s["temperature"], s["top_k"]) for s in report["samples"]] == [(0.5, None), (0.5, 3), (2.0, None), (2.0, 3)]
+    assert settings_of(report["selection"]) == [(0.5, None, 0.8, 1.5), (0.5, 3, 0.8, 1.5), (2.0, None, 0.8, 1.5),
+                                                (2.0, 3, 0.8, 1.5)]
     out = capsys.readouterr().out
-    assert "real held-out (floor)" in out and "x real" in out and "chosen: temperature" in out
-    assert (run / "eval" / "samples-t2-top3.png").exists()
-    assert SamplingDefaults.load(run / "prior") == SamplingDefaults(**report["chosen"])
+    assert "real held-out (floor)" in out and "x real" in out and "chosen: T=" in out
+    assert "classification accuracy score" in out
+    assert (run / "eval" / "samples-t2-topk3-topp0.8-g1.5.png").exists() and (run / "eval" / "chosen.png").exists()
+    assert load_sampling(run / "prior") == SamplingOptions(*(report["chosen"][k] for k in SETTING_KEYS))
 
 
 def test_eval_scores_what_it_is_asked_not_the_saved_default(evaluated: Path, tmp_path: Path) -> None:
     """A saved top-k must not stand in for the "all codes" a new eval asks for."""
     run = Path(shutil.copytree(evaluated, tmp_path / "run"))
-    options = EvalOptions(n_per_class=2, temperatures=(1.0,), device="cpu")
-    before = evaluate_run(run, options, progress=False)["samples"][0]
-    SamplingDefaults(1.0, 1).save(run / "prior")
-    after = evaluate_run(run, options, progress=False)["samples"][0]
+    options = EvalOptions(n_per_class=2, temperatures=(1.0,), top_ks=(None,), guidances=(1.0,), device="cpu")
+    before = evaluate_run(run, options, progress=False)["selection"][0]
+    save_sampling(SamplingOptions(1.0, 1), run / "prior")
+    after = evaluate_run(run, options, progress=False)["selection"][0]
     assert after == before and after["top_k"] is None
 
 
@@ -123,14 +159,22 @@ def test_a_later_eval_redraws_the_run_grid_at_its_choice(evaluated: Path, folder
     assert vqgen("run", "--data", folder, "--out", run, *TINY_RUN, "--eval") == 0
     assert (run / "prior" / SAMPLING_FILE).exists() and (run / "samples" / "grid.png").stat().st_mtime_ns != stamp
     printed = capsys.readouterr().out.strip().splitlines()  # the eval summary, then the closing line
-    assert printed[-1].startswith("run finished in") and any(line.startswith("real held-out (floor)") for line in printed)
-    assert any(line.startswith("chosen: temperature") for line in printed)
+    assert printed[-1].startswith("run finished in") and any("real held-out (floor)" in line for line in printed)
+    assert any(line.startswith("chosen: T=") for line in printed)
 
 
-def test_default_settings_scale_top_k_with_the_codebook() -> None:
-    assert EvalOptions(temperatures=(1.0,)).settings(512) == [(1.0, None), (1.0, 64), (1.0, 128)]
-    assert EvalOptions(temperatures=(1.0,)).settings(4) == [(1.0, None), (1.0, 1)]  # K/8 = K/4 = 1: once
-    assert EvalOptions(temperatures=(0.5, 2.0), top_ks=(3,)).settings(512) == [(0.5, 3), (2.0, 3)]
+def test_default_settings_scale_top_k_with_the_codebook_and_guide_only_with_a_null_class() -> None:
+    guided, plain = PriorConfig.small(codebook_size=512, num_classes=10), PriorConfig.small(codebook_size=512)
+    as_tuples = lambda settings: [(s.temperature, s.top_k, s.top_p, s.guidance) for s in settings]  # noqa: E731
+    assert as_tuples(EvalOptions(temperatures=(1.0,)).settings(guided)) == [
+        (1.0, None, None, 1.0), (1.0, None, None, 2.0), (1.0, 64, None, 1.0), (1.0, 64, None, 2.0),
+        (1.0, None, 0.9, 1.0), (1.0, None, 0.9, 2.0)]
+    assert as_tuples(EvalOptions(temperatures=(1.0,)).settings(plain)) == [
+        (1.0, None, None, 1.0), (1.0, 64, None, 1.0), (1.0, None, 0.9, 1.0)]
+    assert as_tuples(EvalOptions(temperatures=(0.5,), top_ks=(3, None), top_ps=(0.8,)).settings(plain)) == [
+        (0.5, 3, 0.8, 1.0), (0.5, None, 0.8, 1.0)]
+    with pytest.raises(UsageError, match="--guidance=2 needs a prior trained with label dropout"):
+        EvalOptions(guidances=(2.0,)).settings(PriorConfig.small(num_classes=10, label_dropout=0.0))
 
 
 def test_judge_is_trained_once_and_read_back(tmp_path: Path) -> None:
@@ -159,11 +203,22 @@ def test_unlabelled_data_gets_a_rotation_judge() -> None:
 def test_held_out_sets_are_balanced_and_disjoint() -> None:
     test = make_builtin("test", count=400)
     rows = held_out(test, n_per_class=5, seed=0)
-    assert len(rows.real) == 50 and len(rows.reference) == 100
-    assert not set(rows.real.tolist()) & set(rows.reference.tolist())
+    assert len(rows.real) == 50 and len(rows.selection) == len(rows.reference) == 100
+    assert not set(rows.selection.tolist()) & set(rows.reference.tolist())  # the two references are disjoint
+    assert not set(rows.real.tolist()) & set(rows.reference.tolist())  # the floor is not scored against itself
     assert torch.bincount(rows.labels, minlength=10).tolist() == [5] * 10
     assert torch.bincount(test.labels[rows.reference], minlength=10).tolist() == [10] * 10
     small = held_out(test, n_per_class=1000, seed=0)  # shrinks to what the smallest class allows
-    assert small.per_group == int(torch.bincount(test.labels).min()) // 3
+    assert small.per_group == int(torch.bincount(test.labels).min()) // 4
+
+
+@pytest.mark.parametrize("classes, per_class", [(2, 250), (10, 50), (40, 50)])
+def test_default_n_is_at_least_500_for_any_number_of_classes(classes: int, per_class: int) -> None:
+    """128-dimensional covariances need hundreds of images: a 2-class dataset gets 250 per class, not 50."""
+    count = 4 * 300 * classes
+    info = DatasetInfo("many", "test", 1, 4, 4, classes, tuple(map(str, range(classes))))
+    data = ImageDataset(torch.zeros(count, 1, 4, 4, dtype=torch.uint8), torch.arange(count) % classes, info)
+    rows = held_out(data, n_per_class=None, seed=0)
+    assert rows.per_group == per_class and len(rows.real) == per_class * classes >= 500
     with pytest.raises(VQGenError, match="too small to evaluate"):
         held_out(make_builtin("test", count=20), n_per_class=50, seed=0)  # 2 per class: none to spare

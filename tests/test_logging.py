@@ -18,7 +18,7 @@ from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.trainer import TrainConfig, saved_step
 from vqgen.engine.units import codes, describe
 from vqgen.pipeline.cli import main
-from vqgen.pipeline.evaluate import EvalOptions
+from vqgen.pipeline.evaluate import EvalOptions, setting_name
 from vqgen.pipeline.plots import Panel, linear_axis, log_axis, plot_curves, tick_label
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.train import train_prior
@@ -27,7 +27,7 @@ from test_cli import TINY_RUN, vqgen
 from test_prior_training import structured_latents
 
 MISSING = "--tensorboard needs the tensorboard package: pip install 'vqgen[tensorboard]'"
-SETTINGS = [f"samples-t{t:g}-top{k or 'all'}" for t, k in EvalOptions().settings(64)]  # the tiny run's K
+SETTINGS = [setting_name(s) for s in EvalOptions().settings(PriorConfig.small(codebook_size=64, num_classes=2))]
 
 
 def events(directory: Path) -> EventAccumulator:
@@ -57,8 +57,9 @@ def test_every_stage_of_a_run_gets_its_scalars_and_images(logged: Path) -> None:
                   set()),
         "judge": ({"judge/train/loss", "judge/train/accuracy", "judge/eval/test_accuracy"}, set()),
         "eval": ({f"eval/{s}/{k}" for s in sets for k in ("frechet", "precision", "recall", "class_accuracy")}
-                 | {"eval/judge/test_accuracy", "eval/chosen/temperature"},
-                 {f"eval/{name}/grid" for name in SETTINGS}),
+                 | {"eval/judge/test_accuracy", "eval/chosen/temperature", "eval/chosen/frechet",
+                    "eval/chosen/selection_frechet", "eval/classification_accuracy_score/samples"},
+                 {f"eval/{name}/grid" for name in [*SETTINGS, "chosen"]}),
         "samples": (set(), {"samples/grid"}),
     }
     for stage, (scalars, images) in expected.items():

@@ -19,7 +19,8 @@ from vqgen.engine.trainer import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.export import export_latents
 from vqgen.stage1_vqvae.model import VQVAE
-from vqgen.stage1_vqvae.train import spread_rows, train_vqvae
+from vqgen.data.rows import spread_rows
+from vqgen.stage1_vqvae.train import train_vqvae
 
 TINY_TRAIN = TrainConfig(steps=6, batch_size=8, lr=1e-3, log_every=1, eval_every=3, checkpoint_every=3,
                          device="cpu")
@@ -154,13 +155,11 @@ def test_compile_that_fails_falls_back_with_a_warning(tmp_path: Path, monkeypatc
 
 
 def test_shown_and_evaluated_images_are_spread_over_the_classes() -> None:
-    info = DatasetInfo("sorted", "test", 1, 4, 4, 3, ("a", "b", "c"))
-    images = torch.zeros(6, 1, 4, 4, dtype=torch.uint8)
-    by_class = ImageDataset(images, torch.tensor([0, 0, 0, 1, 1, 2]), info)
-    assert spread_rows(by_class, 4) == [0, 3, 5, 1]
-    assert sorted(spread_rows(by_class, 10)) == list(range(6))
-    unlabelled = ImageDataset(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), None, replace(info, num_classes=None))
-    assert spread_rows(unlabelled, 4) == [0, 3, 6, 9]
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    assert spread_rows(labels, 6, 4) == [0, 3, 5, 1]
+    assert spread_rows(labels.numpy(), 6, 4) == [0, 3, 5, 1]  # latents keep their labels in numpy
+    assert sorted(spread_rows(labels, 6, 10)) == list(range(6))
+    assert spread_rows(None, 10, 4) == [0, 3, 6, 9]
 
 
 def test_export_of_images_of_another_shape_names_both(tmp_path: Path, digits: tuple[ImageDataset, ImageDataset]) -> None:
