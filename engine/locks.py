@@ -39,6 +39,12 @@ def _holder(path: Path) -> str:
         return "a process that has not yet said who it is"
 
 
+def _program() -> str:
+    """`vqgen` for the console script and `python -m vqgen` alike (whose argv[0] is vqgen/__main__.py)."""
+    program = Path(sys.argv[0])
+    return program.parent.name if program.name == "__main__.py" else program.name
+
+
 def _acquire(path: Path, what: str) -> None:
     if path in _held:
         _held[path][1] += 1
@@ -55,7 +61,7 @@ def _acquire(path: Path, what: str) -> None:
         raise VQGenError(f"{what} is in use by another vqgen process ({_holder(path)}); wait for it to finish, "
                          "or stop it and run the same command again to resume") from None
     info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+            "command": " ".join([_program(), *sys.argv[1:]])}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
     _held[path] = [fd, 1]
@@ -73,7 +79,7 @@ def _release(path: Path) -> None:
 def exclusive(path: str | Path, what: str, ctx: Dist = Dist()) -> Iterator[None]:
     """Hold the lock file `path` for the body, or fail at once naming `what` and its holder.
     Under torchrun rank 0 takes it, and every rank fails together when it cannot."""
-    path = Path(path).absolute()
+    path = Path(path).resolve()  # one lock however the directory is spelled
     on_main(ctx, lambda: _acquire(path, what))
     try:
         yield

@@ -178,11 +178,18 @@ class _StopSignals:
 
 
 class Trainer:
-    """Runs a TrainTask to `config.steps`, resuming from `out_dir` when a checkpoint is there."""
+    """Runs a TrainTask to `config.steps`, resuming from `out_dir` when a checkpoint is there.
 
-    def __init__(self, task: TrainTask, config: TrainConfig, out_dir: str | Path, progress: bool = True) -> None:
+    `alone`: train in this process only, even under torchrun (what rank 0 trains by itself, such as
+    eval's classifiers), on this process's device.
+    """
+
+    def __init__(self, task: TrainTask, config: TrainConfig, out_dir: str | Path, progress: bool = True,
+                 alone: bool = False) -> None:
         self.task, self.config, self.out_dir = task, config, Path(out_dir)
         self.ctx, self.device = process_device(config.device)
+        if alone:
+            self.ctx = Dist()
         self.progress = progress and self.ctx.is_main
         self.log = MetricsLog(self.out_dir / METRICS_FILE, enabled=self.ctx.is_main)
         self.sink = Sink()  # TensorBoard, opened in fit() once the resumed step is known

@@ -51,6 +51,7 @@ def classification_accuracy_score(generator: Generator, options: SamplingOptions
     real = _as_dataset(*train.__getitems__(rows), train.info, "real")
     config = JudgeConfig.for_data(train.info, labelled=True)
     shutil.rmtree(out_dir / "samples", ignore_errors=True)  # drawn anew at each eval
-    _, on_samples = fit_judge(config, samples, test, out_dir / "samples", CAS_STEPS, device, progress)
-    _, on_real = fit_judge(config, real, test, out_dir / "real", CAS_STEPS, device, progress)
+    # eval runs on rank 0 alone under torchrun, so these train in this process only
+    _, on_samples = fit_judge(config, samples, test, out_dir / "samples", CAS_STEPS, device, progress, alone=True)
+    _, on_real = fit_judge(config, real, test, out_dir / "real", CAS_STEPS, device, progress, alone=True)
     return {"samples": on_samples, "real": on_real, "images": count, "steps": CAS_STEPS}

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from vqgen import __version__
+from vqgen.engine.distributed import launched_as_main
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.runtime import describe_machine
 from vqgen.engine.tensorboard import TENSORBOARD_DIR, require_tensorboard
@@ -66,6 +67,12 @@ def _bounded(name: str, kind: Callable[[str], Any], low: float, rule: str, none:
             raise argparse.ArgumentTypeError(f"{name}={value} is not allowed; must be {rule}")
         return value
     return parse
+
+
+def _say(text: str, stream: Any = None) -> None:
+    """Print once per command: by rank 0 under torchrun, whose other ranks did the same work."""
+    if launched_as_main():
+        print(text, file=stream or sys.stdout)
 
 
 def _positive(name: str) -> Callable[[str], int]:
@@ -242,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="directory for grid.png, images/, codes.npy")
 
     p = sub.add_parser("eval", help="score a run's samples and reconstructions against real held-out images")
-    p.add_argument("--run", required=True, type=Path, help="run directory (the --out of `vqgen run`)")
+    p.add_argument("--run", "--run-dir", dest="run", required=True, type=Path,
+                   help="run directory (the --out of `vqgen run`); under torchrun write --run-dir, as torchrun "
+                        "reads --run as its own --run-path")
     _add_eval(p)
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
     _add_tensorboard(p, "RUN/tensorboard (judge/, eval/)")
@@ -284,7 +293,7 @@ def _train_vqvae(args: argparse.Namespace) -> None:
     config = config_from_args(args, base, in_channels=info.channels, image_height=info.height,
                               image_width=info.width)
     result = train_vqvae(config, train_config, data, held_out, args.out, eval_images=args.eval_images)
-    print(f"VQ-VAE saved in {args.out}: {describe(result['evaluation'], VQVAE_SUMMARY, config.codebook_size)}")
+    _say(f"VQ-VAE saved in {args.out}: {describe(result['evaluation'], VQVAE_SUMMARY, config.codebook_size)}")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -308,7 +317,7 @@ def _eval_latents(args: argparse.Namespace) -> Path:
     sibling = args.latents.parent / "test"
     if args.latents.name != "test" and sibling.is_dir():
         return sibling
-    print(f"no held-out latents given: evaluating on {args.latents} itself (pass --eval-latents)", file=sys.stderr)
+    _say(f"no held-out latents given: evaluating on {args.latents} itself (pass --eval-latents)", sys.stderr)
     return args.latents
 
 
@@ -319,7 +328,7 @@ def _train_prior(args: argparse.Namespace) -> None:
     config = config_from_args(args, PRIOR_PRESETS[args.preset]())
     result = train_prior(config, train_config, args.latents, _eval_latents(args), args.out,
                          eval_grids=args.eval_grids)
-    print(f"prior saved in {args.out}: {describe(result['evaluation'], PRIOR_SUMMARY)}")
+    _say(f"prior saved in {args.out}: {describe(result['evaluation'], PRIOR_SUMMARY)}")
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -327,6 +336,8 @@ def _sample(args: argparse.Namespace) -> None:
     from vqgen.pipeline.generate import Generator, save_samples
     from vqgen.stage2_prior.sampling import check_request
 
+    if not launched_as_main():  # under torchrun rank 0 samples alone: one process writes the output
+        return
     generator = Generator.from_pretrained(args.vqvae, args.prior, device=args.device)
     labels = args.label
     if labels is None and generator.num_classes:
@@ -342,6 +353,8 @@ def _sample(args: argparse.Namespace) -> None:
 def _complete(args: argparse.Namespace) -> None:
     from vqgen.pipeline.complete import complete_image
 
+    if not launched_as_main():  # under torchrun rank 0 completes alone: one process writes the output
+        return
     completed = complete_image(args.vqvae, args.prior, args.image, args.out, n=args.n, keep_top=args.keep_top,
                                mask=args.mask, label=args.label, seed=args.seed, proposals=args.proposals,
                                device=args.device, choose=lambda generator: _sampling_options(args, generator))
@@ -358,8 +371,7 @@ def _eval(args: argparse.Namespace) -> None:
                           top_ks=args.top_ks and tuple(args.top_ks), top_ps=args.top_ps and tuple(args.top_ps),
                           guidances=args.guidances and tuple(args.guidances), seed=args.seed, device=args.device)
     report = evaluate_run(args.run, options, tensorboard=_tensorboard_dir(args, args.run))
-    print("\n".join(summary(report)))
-    print(f"written to {args.run / 'eval.json'}")
+    _say("\n".join(summary(report)) + f"\nwritten to {args.run / 'eval.json'}")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -400,10 +412,9 @@ def _rank_to_say(err: VQGenError) -> int | None:
     """Which rank prints `err` (None: this one keeps quiet). Under torchrun an error every rank meets
     (bad input, before the ranks connect; one rank 0 broadcast; a stop all ranks agreed on) is said
     once, by rank 0; an error of one rank's own, after they connected, by that rank, with its number."""
-    rank = int(os.environ.get("RANK", "0"))
-    if rank == 0:
+    if launched_as_main():
         return 0
-    return rank if torch.distributed.is_initialized() and not err.shared else None
+    return int(os.environ["RANK"]) if torch.distributed.is_initialized() and not err.shared else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,6 +37,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from vqgen.data.images import BatchedImages
+from vqgen.engine.distributed import on_main, process_device
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import write_json
 from vqgen.engine.grids import save_grid
@@ -161,22 +162,24 @@ def setting_name(options: SamplingOptions) -> str:
             f"-g{options.guidance:g}")
 
 
-def _show(report: dict[str, Any], grids: dict[str, Image.Image], log_dir: str | None, step: int) -> None:
-    """eval.json's figures as TensorBoard scalars eval/SET/NAME, the sample grids as eval/SET/grid."""
+def _show(report: dict[str, Any], grids: Path, log_dir: str | None, step: int) -> None:
+    """eval.json's figures as TensorBoard scalars eval/SET/NAME, the sample grids in `grids` as eval/SET/grid."""
+    names = ["chosen"]
     with open_sink(log_dir, "eval", step) as sink:
         sink.record({"step": step, "split": "judge", **report["judge"]})
         for name in ("real", "reconstructions"):
             sink.record({"step": step, "split": name, **report[name]})
         for s in report["selection"]:
             scores = {k: v for k, v in s.items() if k not in SETTING_KEYS}
-            sink.record({"step": step, "split": setting_name(SamplingOptions(*(s[k] for k in SETTING_KEYS))),
-                         **scores})
+            names.append(setting_name(SamplingOptions(*(s[k] for k in SETTING_KEYS))))
+            sink.record({"step": step, "split": names[-1], **scores})
         sink.record({"step": step, "split": "chosen", **report["chosen"]})
         if report["classification_accuracy_score"]:
             sink.record({"step": step, "split": "classification_accuracy_score",
                          **report["classification_accuracy_score"]})
-        for name, picture in grids.items():
-            sink.image(f"{name}/grid", picture, step)
+        for name in names:
+            with Image.open(grids / f"{name}.png") as picture:
+                sink.image(f"{name}/grid", picture, step)
 
 
 class _Scorer:
@@ -206,14 +209,10 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
 
     `data` is the run's (train, test) images when the caller has them open already; `tensorboard`, the
     run's TensorBoard directory, gets the judge's training and these figures as sub-runs judge/, eval/.
+    Under torchrun every rank trains the judge, then rank 0 alone scores (holding the run's lock).
     """
-    with directory_lock(out):
-        return _evaluate_run(Path(out), options, progress, data, tensorboard)
-
-
-def _evaluate_run(out: Path, options: EvalOptions, progress: bool, data: tuple[BatchedImages, BatchedImages] | None,
-                  tensorboard: str | Path | None) -> dict[str, Any]:
-    start = time.perf_counter()
+    out, start = Path(out), time.perf_counter()
+    ctx, _ = process_device(options.device)
     spec = load_spec(out)
     train, test = data or (spec.open_split("train", index_dir=out), spec.open_split("test", index_dir=out))
     # not from_pretrained: the prior's saved defaults must not stand in for the settings asked for
@@ -222,36 +221,46 @@ def _evaluate_run(out: Path, options: EvalOptions, progress: bool, data: tuple[B
     settings = options.settings(generator.prior.config)  # checked before the judge trains
     judge, judge_accuracy = train_judge(train, test, out / "judge", options.device, progress,
                                         sub_run(tensorboard, "judge"))
-    judge.to(generator.device)
+
+    def score() -> dict[str, Any]:
+        report = _score_run(out, options, settings, generator, judge.to(generator.device), train, test, progress,
+                            {"test_accuracy": judge_accuracy, "task": judge.config.task})
+        report["seconds"] = time.perf_counter() - start
+        write_json(out / EVAL_FILE, report)
+        save_sampling(SamplingOptions(*(report["chosen"][k] for k in SETTING_KEYS)), out / "prior")  # last: eval done
+        return report
+
+    with directory_lock(out, ctx):
+        report = on_main(ctx, score)
+    if ctx.is_main and tensorboard is not None:
+        _show(report, out / "eval", sub_run(tensorboard, "eval"), spec.prior_train.steps)
+    return report
+
+
+def _score_run(out: Path, options: EvalOptions, settings: list[SamplingOptions], generator: Generator, judge: Judge,
+               train: BatchedImages, test: BatchedImages, progress: bool, judge_figures: dict[str, Any]) -> dict[str, Any]:
     rows = held_out(test, options.n_per_class, options.seed)
     scorer = _Scorer(generator, judge, rows, test)
     real = _images(test, rows.real)
     report: dict[str, Any] = {
-        "judge": {"test_accuracy": judge_accuracy, "task": judge.config.task},
-        "n": len(rows.real), "n_per_class": rows.per_group, "reference": len(rows.reference),
+        "judge": judge_figures, "n": len(rows.real), "n_per_class": rows.per_group, "reference": len(rows.reference),
         "real": _score(judge, real, scorer.reference, rows.labels),
         "reconstructions": _score(judge, _reconstruct(generator, real), scorer.reference, rows.labels),
         "selection": [],
     }
-    grids: dict[str, Image.Image] = {}
     for setting in tqdm(settings, desc="eval samples", disable=not progress):
         images = scorer.draw(setting, options.seed)
         report["selection"].append({**asdict(setting), **_score(judge, images, scorer.selection, scorer.labels)})
-        name = setting_name(setting)
-        grids[name] = scorer.grid(images, out / "eval" / f"{name}.png")
+        scorer.grid(images, out / "eval" / f"{setting_name(setting)}.png")
     best = min(range(len(settings)), key=lambda i: report["selection"][i]["frechet"])
     chosen = settings[best]
     fresh = scorer.draw(chosen, options.seed + 1)
     report["chosen"] = {**asdict(chosen), **_score(judge, fresh, scorer.reference, scorer.labels),
                         "selection_frechet": report["selection"][best]["frechet"]}
-    grids["chosen"] = scorer.grid(fresh, out / "eval" / "chosen.png")
+    scorer.grid(fresh, out / "eval" / "chosen.png")
     report["classification_accuracy_score"] = classification_accuracy_score(
         generator, chosen, train, test, out / "eval" / "cas", options.seed + 2, options.device,
         progress) if scorer.conditional else None
-    report["seconds"] = time.perf_counter() - start
-    write_json(out / EVAL_FILE, report)
-    save_sampling(chosen, out / "prior")  # last: it marks eval as done
-    _show(report, grids, sub_run(tensorboard, "eval"), spec.prior_train.steps)
     return report
 
 

@@ -158,16 +158,16 @@ def judge_steps(train_size: int) -> int:
 
 def fit_judge(config: JudgeConfig, train: BatchedImages, test: BatchedImages, out_dir: str | Path, steps: int,
               device: str = "auto", progress: bool = True, tensorboard: str | None = None,
-              num_workers: int = 0) -> tuple[Judge, float]:
+              num_workers: int = 0, alone: bool = False) -> tuple[Judge, float]:
     """A judge of `config` trained by the fixed recipe for `steps` steps into `out_dir` (resumed, or read
-    back when done), and its accuracy on `test`."""
+    back when done), and its accuracy on `test`; `alone`: in this process only, under torchrun too."""
     out_dir = Path(out_dir)
     if saved_step(out_dir) < steps:
         seed_everything(SEED)
         train_config = TrainConfig(steps=steps, batch_size=min(BATCH, len(train)), lr=LR, seed=SEED, device=device,
                                    num_workers=num_workers, log_every=50, eval_every=steps,
                                    checkpoint_every=max(1, steps // 4), tensorboard=tensorboard)
-        Trainer(JudgeTask(Judge(config), train, test), train_config, out_dir, progress=progress).fit()
+        Trainer(JudgeTask(Judge(config), train, test), train_config, out_dir, progress=progress, alone=alone).fit()
     judge = Judge.from_pretrained(out_dir)
     if judge.config != config:
         raise VQGenError(f"{out_dir} holds a judge for other data ({judge.config}; this data needs {config}); "

@@ -121,18 +121,16 @@ def _run(spec: RunSpec, out: Path, ctx: Dist, device: torch.device, download: bo
         with timings.stage("prior"):
             train_prior(spec.prior, spec.prior_train, out / "latents" / "train", out / "latents" / "test",
                         out / "prior", eval_grids=spec.eval_images, progress=progress)
-    evaluate = evaluation is not None and not (out / "prior" / SAMPLING_FILE).exists()  # eval writes it last
-    if evaluate:
-        with timings.stage("judge"):  # every torchrun rank trains it (once); eval below runs on rank 0
+    if evaluation is not None and not (out / "prior" / SAMPLING_FILE).exists():  # eval writes it last
+        with timings.stage("judge"):  # every torchrun rank trains it (once); eval reads it back
             train_judge(train_images, test_images, out / "judge", spec.prior_train.device, progress,
                         sub_run(boards, "judge"), spec.vqvae_train.num_workers)
+        with timings.stage("eval"):  # rank 0 scores
+            evaluate_run(out, replace(evaluation, device=spec.prior_train.device), progress,
+                         data=(train_images, test_images), tensorboard=boards)
+        on_main(ctx, lambda: (out / "samples" / "grid.png").unlink(missing_ok=True))  # drawn at the old defaults
 
     def finish() -> dict[str, Any]:
-        if evaluate:
-            with timings.stage("eval"):
-                evaluate_run(out, replace(evaluation, device=spec.prior_train.device), progress,  # type: ignore[arg-type]
-                             data=(train_images, test_images), tensorboard=boards)
-            (out / "samples" / "grid.png").unlink(missing_ok=True)  # drawn at the defaults eval replaced
         with timings.stage("sample"):
             sample_run(out, spec, progress, sub_run(boards, "samples"))
         return write_report(out, spec.to_json(), timings.seconds, exports)

@@ -1,4 +1,5 @@
-"""torchrun semantics on CPU: 2 gloo processes equal 1 process with the same global batch.
+"""torchrun semantics on CPU: 2 gloo processes equal 1 process with the same global batch, for the
+VQ-VAE, the export and the prior.
 
 "Equal" within what float arithmetic allows. Two ranks sum each gradient and each EMA statistic in
 another order than one process does; Adam divides by the root of tiny second moments, which turns
@@ -22,16 +23,21 @@ import torch.multiprocessing as mp
 
 from vqgen.data.builtin import make_builtin
 from vqgen.engine.metrics_log import read_metrics
-from vqgen.engine.distributed import init_distributed
+from vqgen.engine.distributed import Dist, init_distributed
 from vqgen.engine.runtime import seed_everything
 from vqgen.engine.trainer import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.export import export_latents
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage1_vqvae.train import train_vqvae
+from vqgen.stage2_prior.config import PriorConfig
+from vqgen.stage2_prior.model import GatedPixelCNN
+from vqgen.stage2_prior.train import train_prior
 
 CONFIG = VQVAEConfig.tiny(kmeans_init=True, restart_every=2, restart_threshold=0.5)
 TRAIN = TrainConfig(steps=4, batch_size=8, lr=1e-3, log_every=1, eval_every=4, checkpoint_every=2, device="cpu")
+PRIOR = PriorConfig.tiny(layers=3)  # class-conditional (the latents are labelled); no dropout, so ranks draw nothing
+PRIOR_TRAIN = TrainConfig(steps=4, batch_size=8, lr=3e-3, log_every=1, eval_every=4, checkpoint_every=2, device="cpu")
 # Largest tolerated |two - one| / |one - initial| per tensor: 10x the noise, a tenth of a real bug.
 DRIFT = 0.02
 
@@ -42,16 +48,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stages(out: Path, ctx: Dist) -> None:
+    """Train the VQ-VAE, export the train split, train the prior on it: what `vqgen run` chains."""
+    train, held_out = make_builtin("train", seed=0, count=48), make_builtin("test", seed=0, count=8)
+    train_vqvae(CONFIG, TRAIN, train, held_out, out / "vqvae", progress=False)
+    export_latents(VQVAE.from_pretrained(out / "vqvae"), train, out / "latents", batch_size=5, ctx=ctx, progress=False)
+    train_prior(PRIOR, PRIOR_TRAIN, out / "latents", out / "latents", out / "prior", progress=False)
+
+
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank), TQDM_DISABLE="1")
     torch.set_num_threads(1)
     try:
-        train, held_out = make_builtin("train", seed=0, count=48), make_builtin("test", seed=0, count=8)
-        train_vqvae(CONFIG, TRAIN, train, held_out, Path(out) / "vqvae", progress=False)
-        ctx = init_distributed(torch.device("cpu"))
-        model = VQVAE.from_pretrained(Path(out) / "vqvae")
-        export_latents(model, train, Path(out) / "latents", batch_size=5, ctx=ctx, progress=False)
+        _stages(Path(out), init_distributed(torch.device("cpu")))
     finally:
         dist.destroy_process_group()
 
@@ -59,24 +69,24 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     single = tmp_path_factory.mktemp("single")
-    train, held_out = make_builtin("train", seed=0, count=48), make_builtin("test", seed=0, count=8)
-    train_vqvae(CONFIG, TRAIN, train, held_out, single / "vqvae", progress=False)
-    export_latents(VQVAE.from_pretrained(single / "vqvae"), train, single / "latents", batch_size=5, progress=False)
+    _stages(single, Dist())
     double = tmp_path_factory.mktemp("double")
     mp.start_processes(_worker, args=(2, _free_port(), str(double)), nprocs=2, start_method="spawn")
     return single, double
 
 
-def initial_state() -> dict[str, torch.Tensor]:
-    """The weights train_vqvae starts from (it seeds, then builds the model)."""
+def initial_state(model: type, config: object) -> dict[str, torch.Tensor]:
+    """The weights a stage's training starts from (it seeds, then builds the model)."""
     seed_everything(TRAIN.seed)
-    return VQVAE(CONFIG).state_dict()
+    return model(config).state_dict()
 
 
-def test_two_processes_match_one_with_the_same_global_batch(runs: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("stage, model, config", [("vqvae", VQVAE, CONFIG), ("prior", GatedPixelCNN, None)])
+def test_two_processes_match_one_with_the_same_global_batch(runs: tuple[Path, Path], stage: str, model: type,
+                                                            config: object) -> None:
     single, double = runs
-    one, two = VQVAE.from_pretrained(single / "vqvae").state_dict(), VQVAE.from_pretrained(double / "vqvae").state_dict()
-    initial = initial_state()
+    one, two = (model.from_pretrained(d / stage).state_dict() for d in (single, double))
+    initial = initial_state(model, config or model.load_config(single / stage))
     assert one.keys() == two.keys() == initial.keys()
     for key in one:
         if not one[key].is_floating_point():
@@ -85,7 +95,7 @@ def test_two_processes_match_one_with_the_same_global_batch(runs: tuple[Path, Pa
         moved = float((one[key] - initial[key]).norm())
         drift = float((two[key] - one[key]).norm())
         assert drift <= DRIFT * moved + 1e-6, f"{key}: 2 ranks differ from 1 by {drift:.3g}, training moved it {moved:.3g}"
-    losses = [[r["loss"] for r in read_metrics(d / "vqvae" / "metrics.jsonl") if r["split"] == "train"]
+    losses = [[r["loss"] for r in read_metrics(d / stage / "metrics.jsonl") if r["split"] == "train"]
               for d in (single, double)]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-3)  # a wrong batch slice is off by ~4%
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from vqgen.engine.errors import VQGenError
-from vqgen.data.latents import LatentManifest, LatentWriter
+from vqgen.data.latents import LatentDataset, LatentManifest, LatentWriter
 from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.trainer import TrainConfig
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.model import GatedPixelCNN
-from vqgen.stage2_prior.train import train_prior
+from vqgen.stage2_prior.train import eval_rows, evaluate_prior, train_prior
 
 
 def structured_latents(directory: Path, count: int, seed: int) -> Path:
@@ -62,3 +62,35 @@ def test_resumed_prior_training_equals_uninterrupted(tmp_path: Path) -> None:
     whole = GatedPixelCNN.from_pretrained(tmp_path / "whole").state_dict()
     parts = GatedPixelCNN.from_pretrained(tmp_path / "parts").state_dict()
     assert all(torch.equal(whole[k], parts[k]) for k in whole)
+
+
+def sorted_latents(directory: Path, per_class: list[int], seed: int) -> tuple[Path, np.ndarray]:
+    """Grids stored sorted by class, as exports are; class c draws its codes from {2c, 2c + 1}."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(per_class)), per_class)
+    codes = 2 * labels[:, None, None] + rng.integers(0, 2, (len(labels), 4, 4))  # (N, 4, 4)
+    manifest = LatentManifest(count=len(labels), grid=(4, 4), codebook_size=2 * len(per_class),
+                              num_classes=len(per_class))
+    writer = LatentWriter(directory, manifest).create(np.eye(2 * len(per_class), dtype=np.float32))
+    writer.write(0, torch.from_numpy(codes), torch.from_numpy(labels))
+    return writer.commit(), codes
+
+
+def test_held_out_rows_are_spread_over_the_classes_for_the_model_and_the_unigram(tmp_path: Path) -> None:
+    """With eval_grids below the held-out size, the first grids of a class-sorted export would all be
+    class 0; the rows scored take each class in turn, and the unigram baseline scores the same rows."""
+    train, train_codes = sorted_latents(tmp_path / "train", [20, 6, 4], 0)  # class 0 common, so its codes are
+    held, held_codes = sorted_latents(tmp_path / "test", [8, 8, 8], 1)     # cheap under the unigram
+    config = TrainConfig(steps=2, batch_size=8, eval_every=2, device="cpu")
+    result = train_prior(PriorConfig.tiny(), config, train, held, tmp_path / "prior", eval_grids=6, progress=False)
+    rows = [0, 8, 16, 1, 9, 17]  # the first grid of each class, then the second
+    assert eval_rows(LatentDataset(held), 6) == rows
+    frequencies = (np.bincount(train_codes.ravel(), minlength=6) + 1) / (train_codes.size + 6)  # add-one smoothed
+    spread, first = (float(-np.log2(frequencies[held_codes[r]]).mean()) for r in (rows, list(range(6))))
+    (record,) = [r for r in read_metrics(tmp_path / "prior" / "metrics.jsonl") if r["split"] == "eval"]
+    assert record["unigram_bits_per_code"] == pytest.approx(spread, rel=1e-9)
+    assert result["evaluation"]["unigram_bits_per_code"] == record["unigram_bits_per_code"]
+    assert spread - first > 1.0  # over the first grids (all class 0) the baseline reads 2.9 -> 1.6 bits
+    model = GatedPixelCNN.from_pretrained(tmp_path / "prior")
+    assert record["bits_per_code"] == pytest.approx(
+        evaluate_prior(model, LatentDataset(held), torch.device("cpu"), rows)["bits_per_code"], rel=1e-5)

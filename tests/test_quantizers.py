@@ -152,3 +152,28 @@ def test_perplexity_and_usage() -> None:
 def test_config_validation(field: str, value: object, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         QuantizerConfig(**{"codebook_size": 8, "dim": 4, field: value})
+
+
+def test_straight_through_reads_its_usage_debiased_so_codes_in_use_are_not_restarted() -> None:
+    """Four codes used 1 or 2 times a batch (1.5 on average), a fifth never: after three batches the raw
+    usage average is ~1.5 * (1 - 0.99**3) < 0.05, far below the threshold 1.0; read debiased it is ~1.5."""
+    decay, passes = 0.99, 3
+    q = build_quantizer(QuantizerConfig(codebook_size=5, dim=2, kind="straight_through", decay=decay,
+                                        restart_threshold=1.0)).train()
+    with torch.no_grad():
+        q.codebook.copy_(torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0], [-50.0, -50.0]]))
+    books = q.codebook.detach().clone()
+    raw = torch.zeros(5, dtype=torch.float64)  # the usage average by hand, from the counts fed in
+    for t in range(passes):
+        uses = torch.tensor([1 + (k + t) % 2 for k in range(4)])  # 1 or 2 uses of each code, alternating
+        which = torch.arange(4).repeat_interleave(uses)  # (6,) the code each vector is a copy of
+        z = rearrange(books[which] + 0.01, "(b n) d -> b d n 1", b=1)
+        assert torch.equal(q(z).indices.flatten(), which)
+        raw = decay * raw + (1 - decay) * torch.bincount(which, minlength=5).double()
+    torch.testing.assert_close(q.usage_ema.double(), raw)
+    assert (raw < 0.05).all()  # read raw, every code would look dead
+    debiased = raw / (1 - decay ** passes)
+    assert (debiased[:4] > 1.2).all() and debiased[4] == 0
+    assert q.restart_dead_codes() == 1  # the unused code alone
+    assert torch.equal(q.codebook[:4], books[:4])
+    assert torch.cdist(q.codebook[4:].detach(), books[:4] + 0.01).min() < 1e-6  # moved onto an encoder output

@@ -6,14 +6,21 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from vqgen.data.builtin import make_builtin
+from vqgen.engine.averaging import WeightAverage
 from vqgen.engine.errors import UsageError, VQGenError
 from vqgen.engine.files import load_tensors
 from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.runtime import native_bf16, resolve_precision
 from vqgen.engine.trainer import TrainConfig, saved_step
+from vqgen.stage1_vqvae.config import VQVAEConfig
+from vqgen.stage1_vqvae.model import VQVAE
+from vqgen.stage1_vqvae.train import evaluate_vqvae, train_vqvae
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.model import GatedPixelCNN
 from vqgen.stage2_prior.train import train_prior
@@ -106,3 +113,67 @@ def test_auto_precision_binds_what_it_resolved_to(latents: tuple[Path, Path], tm
     with pytest.raises(VQGenError, match=f"precision: {resolved} -> {other}"):
         train_prior(PriorConfig.tiny(), replace(SMOOTH, steps=2, precision=other), *latents, tmp_path / "p",
                     progress=False)
+
+
+def test_evaluation_during_bf16_training_runs_in_fp32(tmp_path: Path) -> None:
+    """The eval record is what the saved model scores in fp32, as it is exported and sampled, not what it
+    scores under the autocast its training ran in."""
+    train, held_out = make_builtin("train", seed=0, count=32), make_builtin("test", seed=0, count=16)
+    config = TrainConfig(steps=4, batch_size=8, precision="bf16", eval_every=4, device="cpu")
+    train_vqvae(VQVAEConfig.tiny(), config, train, held_out, tmp_path / "vqvae", progress=False)
+    (record,) = [r for r in read_metrics(tmp_path / "vqvae" / "metrics.jsonl") if r["split"] == "eval"]
+    saved = VQVAE.from_pretrained(tmp_path / "vqvae")
+    fp32 = evaluate_vqvae(saved, held_out, torch.device("cpu"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = evaluate_vqvae(saved, held_out, torch.device("cpu"))
+    assert {k: record[k] for k in fp32} == pytest.approx(fp32, rel=1e-5)
+    assert abs(bf16["mse"] - fp32["mse"]) > 1e-4 * fp32["mse"]  # bf16 would show: ~1e-3 apart here
+
+
+class Buffered(nn.Module):
+    """Weights, a float buffer (averaged with them) and two buffers that are not (copied from the live model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(3))
+        self.register_buffer("running", torch.zeros(3))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        self.register_buffer("flag", torch.tensor(False))
+
+
+def test_weight_average_follows_its_decay_rule_for_weights_and_float_buffers() -> None:
+    live, decay = Buffered(), 0.8
+    average = WeightAverage(live, decay)
+    weight, running = np.zeros(3), np.zeros(3)  # the reference average, in float64
+    for n in range(1, 41):  # the ramp (1 + n) / (10 + n) reaches the decay at n = 35
+        new_weight, new_running = np.array([n, -2.0 * n, np.sqrt(n)]), np.array([1.0, n % 3, -n])
+        with torch.no_grad():
+            live.weight.copy_(torch.from_numpy(new_weight))
+            live.running.copy_(torch.from_numpy(new_running))
+            live.count.fill_(n)
+            live.flag.fill_(n == 40)
+        average.update(live)
+        d = min(decay, (1 + n) / (10 + n))
+        weight, running = d * weight + (1 - d) * new_weight, d * running + (1 - d) * new_running
+    assert int(average.module.count) == 0 and not bool(average.module.flag)  # not averaged
+    published = average.published(live)
+    np.testing.assert_allclose(published.weight.detach().numpy(), weight, rtol=1e-5)
+    np.testing.assert_allclose(published.running.numpy(), running, rtol=1e-5)
+    assert int(published.count) == 40 and bool(published.flag)  # the live model's
+    assert torch.equal(live.weight.detach(), torch.tensor([40.0, -80.0, math.sqrt(40)]))  # live one untouched
+
+
+def test_published_vqvae_carries_the_averaged_ema_codebook(tmp_path: Path) -> None:
+    """The EMA codebook is a buffer fitted to the encoder: the averaged encoder is published with the
+    averaged codebook, not the live one."""
+    train, held_out = make_builtin("train", seed=0, count=32), make_builtin("test", seed=0, count=8)
+    config = TrainConfig(steps=5, batch_size=8, lr=1e-3, ema=0.9, eval_every=5, device="cpu")
+    train_vqvae(VQVAEConfig.tiny(kmeans_init=True), config, train, held_out, tmp_path / "vqvae", progress=False)
+    state = load_tensors(tmp_path / "vqvae" / "state.pt")
+    live, averaged = state["model"], state["average"]["module"]
+    published = VQVAE.from_pretrained(tmp_path / "vqvae")
+    assert not torch.equal(published.quantizer.codebook, live["quantizer.codebook"])
+    for key, value in published.state_dict().items():
+        reference = averaged if value.is_floating_point() else live
+        assert torch.equal(value, reference[key]), key
+    assert bool(published.quantizer.initialized)  # the live flag: k-means ran, it must not run again
