@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -81,6 +81,28 @@ class ImageDataset(BatchedImages):
 
     def pixels(self, indices: Sequence[int]) -> torch.Tensor:
         return self.images[torch.as_tensor(indices, dtype=torch.long)]  # (B, C, H, W)
+
+
+class DataShape(NamedTuple):
+    """What a preset sizes a model by: the train split's image shape and number of images."""
+
+    channels: int
+    height: int
+    width: int
+    count: int
+
+
+def data_shape(name: str, root: str | None = None, download: bool = False, size: int | None = None,
+               index_dir: str | Path | None = None) -> DataShape:
+    """The train split's shape without decoding it: the built-in dataset's constants, a torchvision
+    dataset's arrays, a folder's header index (cached in `index_dir`)."""
+    if name == "builtin":
+        from vqgen.data.builtin import COUNTS, SIZE
+
+        return DataShape(1, SIZE, SIZE, COUNTS["train"])
+    stream = None if name in DATASETS else True  # a folder streams: nothing is decoded to read its shape
+    data = open_dataset(name, "train", root, download, size=size, stream=stream, index_dir=index_dir)
+    return DataShape(data.info.channels, data.info.height, data.info.width, len(data))
 
 
 def check_divisible(info: DatasetInfo, factor: int) -> None:

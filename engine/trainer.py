@@ -25,6 +25,7 @@ from vqgen.engine.batches import ResumableBatches, make_loader
 from vqgen.engine.checkpoint import Pretrained, load_state_into, unwrap, write_config
 from vqgen.engine.configs import config_from_dict, config_to_dict, require
 from vqgen.engine.distributed import Dist, on_main, process_device, rank_seed
+from vqgen.engine.efficiency import efficiency, matmul_flops_per_s, step_flops
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import load_tensors, read_json, save_tensors, write_json
 from vqgen.engine.grids import save_grid
@@ -321,6 +322,8 @@ class Trainer:
     def _fit(self) -> dict[str, Any]:
         self._resume()
         kind: str = unwrap(self.model).kind  # type: ignore[assignment]
+        self.flops_per_step = self._count_flops()
+        self.matmul_rate = matmul_flops_per_s(self.precision, self.device)
         model = self._wrap()
         first = self.step + 1
         model.train()
@@ -329,7 +332,8 @@ class Trainer:
         signals = _StopSignals()
         self.sink = open_sink(self.config.tensorboard if self.ctx.is_main else None, kind, self.step + 1)
         self.log.log(step=self.step, split="setup", device=str(self.device), precision=self.precision,
-                     processes=self.ctx.world)
+                     processes=self.ctx.world, flops_per_step=self.flops_per_step,
+                     matmul_flops_per_s=self.matmul_rate)
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.progress,
                    desc=f"train {kind}", dynamic_ncols=True)
         with signals.installed(), bar, self.sink:
@@ -365,6 +369,14 @@ class Trainer:
         return {"step": self.step, "seconds": self.elapsed, "evaluation": evaluation,
                 f"{self.task.items_name}_per_s": self.step * self.config.batch_size / max(self.elapsed, 1e-9)}
 
+    def _count_flops(self) -> int:
+        """FLOPs of one training step of this process (its share of the global batch), on a copy of the model."""
+        local = self.config.batch_size // self.ctx.world
+        loader = make_loader(self.task.train_data(), [list(range(local))], 0, False)
+        batch = next(iter(loader))
+        with self._autocast():
+            return step_flops(self.model, lambda twin: self.task.step(twin, batch, self.device).loss)
+
     def _stop_requested(self, signals: _StopSignals) -> bool:
         if not self.ctx.enabled:
             return signals.received is not None
@@ -383,12 +395,13 @@ class Trainer:
                                 f"step {last_good} (last good checkpoint in {self.out_dir}). Lower --lr, "
                                 "set --grad-clip, or use --precision fp32")
         rate = window.count * self.config.batch_size / max(seconds, 1e-9)
+        use = efficiency(self.flops_per_step, window.count, seconds, self.matmul_rate)
         record = {"step": self.step, "split": "train", **means, "lr": self.config.lr_at(self.step),
-                  f"{self.task.items_name}_per_s": rate, **extra}
+                  f"{self.task.items_name}_per_s": rate, **use, **extra}
         self._record(record)
         codebook_size = getattr(unwrap(self.model).config, "codebook_size", None)  # both stages, not the judge
         shown = sorted(means, key=lambda name: name != "loss")  # loss first, then the task's metrics
-        bar.set_postfix_str(describe(means, shown, codebook_size), refresh=False)
+        bar.set_postfix_str(describe({**means, **use}, [*shown, "flops_share"], codebook_size), refresh=False)
         window.reset()
 
     def _record(self, record: dict[str, Any]) -> None:

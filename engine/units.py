@@ -18,6 +18,8 @@ LABELS: dict[str, Callable[[float], str]] = {
     "uniform_bits_per_code": lambda v: f"uniform {v:.3f} bits/code",
     "accuracy": lambda v: f"accuracy {v:.1%}",
     "test_accuracy": lambda v: f"test accuracy {v:.1%}",
+    "flops_per_s": lambda v: f"{v / 1e9:.1f} GFLOP/s",
+    "flops_share": lambda v: f"{v:.0%} of the matmul rate",
 }
 CODE_SHARES = ("usage", "codes_used")  # share of the K codes in use: in this batch, on the held-out split
 

@@ -20,7 +20,7 @@ from vqgen.engine.errors import VQGenError
 from vqgen.engine.runtime import describe_machine
 from vqgen.engine.tensorboard import TENSORBOARD_DIR, require_tensorboard
 from vqgen.engine.units import describe
-from vqgen.data.images import DATASETS, open_dataset
+from vqgen.data.images import DATASETS, data_shape, open_dataset
 from vqgen.engine.trainer import TrainConfig
 from vqgen.pipeline.evaluate import MIN_IMAGES, N_PER_CLASS, EvalOptions, summary
 from vqgen.pipeline.options import add_config_options, config_from_args
@@ -138,8 +138,8 @@ def _add_eval(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-p", dest="top_ps", type=_top_p, nargs="+", default=defaults.top_ps, metavar="P",
                        help="top-p (nucleus) values to score, 'none' for all codes")
     group.add_argument("--guidance", dest="guidances", type=_guidance, nargs="+", default=defaults.guidances,
-                       metavar="S", help="guidance scales to score (default: 1 and 2 for a prior trained with "
-                                         "label dropout, else 1)")
+                       metavar="S", help="guidance scales to score (default: 1, 1.5 and 2 for a prior trained "
+                                         "with label dropout, else 1)")
     group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the samples (and of the held-out choice when unlabelled)")
 
 
@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--preset", default="default", choices=sorted(RUN_PRESETS),
-                   help="quick (~2 min smoke run), default (~10 min on a 2-core CPU), paper (GPU sizes)")
+                   help="quick (~2 min smoke run), default (minutes on a 2-core CPU), paper (GPU sizes); "
+                        "each sized for the data (image channels and size, number of images)")
     p.add_argument("--samples", type=_positive("--samples"), help="images to sample (a row per class)")
     p.add_argument("--temperature", type=_temperature,
                    help="temperature of the run's sample grid (> 0; default: the one eval chooses, else 1); the "
@@ -377,7 +378,8 @@ def _eval(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     from vqgen.pipeline.run import RunSpec, run
 
-    preset = RUN_PRESETS[args.preset]()
+    shape = data_shape(args.data, args.data_root, args.download, args.image_size, index_dir=args.out)
+    preset = RUN_PRESETS[args.preset](shape)  # sized for the data (pipeline/presets.py)
     shared = config_from_args(args, preset.vqvae_train, tensorboard=None)
     shared_values = {name: getattr(shared, name) for name in SHARED_TRAIN}
     spec = RunSpec(
@@ -401,7 +403,8 @@ def _run_summary(out: Path, report: dict[str, Any]) -> str:
     """The closing line: each figure with its unit, codebook use as a count of K."""
     codebook_size = report["config"]["vqvae"]["codebook_size"]
     return (f"run finished in {out}: VQ-VAE {describe(report['vqvae']['eval'], VQVAE_SUMMARY, codebook_size)}; "
-            f"prior {describe(report['prior']['eval'], PRIOR_SUMMARY)}; samples in {out / 'samples' / 'grid.png'}")
+            f"prior {describe(report['prior']['eval'], PRIOR_SUMMARY)}; "
+            f"{report['likelihood']['bits_per_dim']:.3f} bits/dim; samples in {out / 'samples' / 'grid.png'}")
 
 
 COMMANDS = {"train-vqvae": _train_vqvae, "export": _export, "train-prior": _train_prior,

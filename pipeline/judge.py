@@ -32,34 +32,80 @@ from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.runtime import seed_everything
 from vqgen.engine.trainer import METRICS_FILE, StepResult, TrainConfig, Trainer, saved_step
 
-EPOCHS, BATCH, LR, SEED, MAX_STEPS = 2, 128, 3e-3, 0, 4000
+SEED = 0
 FEATURES = 128
 EVAL_BATCH = 500
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How a judge of one architecture is trained: fixed, so that it stays one instrument."""
+
+    epochs: int
+    batch: int
+    lr: float
+    max_steps: int
+    warmup: int = 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    augment: bool = False     # random crops (4-pixel reflected margin) and horizontal flips
+    precision: str = "fp32"
+
+
+# small: the cheapest setting that clears 98.5% test accuracy on MNIST (98.9%, 20 s on a 2-core CPU).
+# color: the cheapest that clears 75% on CIFAR-10's held-out tenth within 5 minutes on a 2-core CPU
+# with native bf16 (README, "Color images").
+RECIPES = {"small": Recipe(epochs=2, batch=128, lr=3e-3, max_steps=4000),
+           "color": Recipe(epochs=6, batch=128, lr=3e-3, max_steps=6000, warmup=200, schedule="cosine",
+                           augment=True, precision="auto")}
+
+
+@dataclass(frozen=True)
 class JudgeConfig:
-    """What the judge is built for; its layers are fixed (see `Judge`)."""
+    """What the judge is built for; its layers are fixed (see `Judge`): `arch` "small" for one-channel
+    images, "color" for three."""
 
     in_channels: int
     image_height: int
     image_width: int
     num_classes: int
     task: Literal["classes", "rotations"] = "classes"
+    arch: Literal["small", "color"] = "small"
 
     @classmethod
     def for_data(cls, info: Any, labelled: bool) -> "JudgeConfig":
         square = info.height == info.width
+        arch = "color" if info.channels == 3 else "small"
         if labelled:
-            return cls(info.channels, info.height, info.width, int(info.num_classes))
-        return cls(info.channels, info.height, info.width, 4 if square else 2, "rotations")
+            return cls(info.channels, info.height, info.width, int(info.num_classes), arch=arch)
+        return cls(info.channels, info.height, info.width, 4 if square else 2, "rotations", arch)
+
+    @property
+    def recipe(self) -> Recipe:
+        return RECIPES[self.arch]
+
+
+def _conv(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def _body(config: JudgeConfig) -> nn.Sequential:
+    """small: two 3x3 conv + max-pool stages (16, 32 channels), pooled to 7x7, a 128-unit feature layer
+    (identity pooling at MNIST's 28x28). color: five 3x3 conv-BN-ReLU layers in three stages (32; 64, 64;
+    128, 128 channels) with max pools, global average pooling, a 128-unit feature layer. Adaptive
+    pooling makes either fit any image size."""
+    if config.arch == "small":
+        return nn.Sequential(
+            nn.Conv2d(config.in_channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(32 * 49, FEATURES), nn.ReLU())
+    return nn.Sequential(
+        *_conv(config.in_channels, 32), nn.MaxPool2d(2), *_conv(32, 64), *_conv(64, 64), nn.MaxPool2d(2),
+        *_conv(64, 128), *_conv(128, 128), nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, FEATURES), nn.ReLU())
 
 
 class Judge(nn.Module, Pretrained):
-    """Two 3x3 conv + max-pool stages (16, 32 channels), pooled to 7x7, a 128-unit feature layer.
-
-    Adaptive pooling makes one architecture fit any image size (identity at MNIST's 28x28).
-    """
+    """A fixed classifier whose penultimate layer (FEATURES units) embeds images for eval (`_body`)."""
 
     kind = "judge"
     config_class = JudgeConfig
@@ -67,10 +113,7 @@ class Judge(nn.Module, Pretrained):
     def __init__(self, config: JudgeConfig) -> None:
         super().__init__()
         self.config = config
-        self.body = nn.Sequential(
-            nn.Conv2d(config.in_channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(32 * 49, FEATURES), nn.ReLU())
+        self.body = _body(config)
         self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(FEATURES, config.num_classes))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -91,6 +134,20 @@ class Judge(nn.Module, Pretrained):
             features.append(f.double().cpu())
             predictions.append(self.head(f).argmax(1).cpu())
         return torch.cat(features), torch.cat(predictions)
+
+
+def augment(images: torch.Tensor) -> torch.Tensor:
+    """Random crops of the images with a 4-pixel reflected margin, and random horizontal flips, one draw
+    per image (B, C, H, W): the standard CIFAR augmentation."""
+    b, _, h, w = images.shape
+    padded = F.pad(images, (4, 4, 4, 4), mode="reflect")  # (B, C, H + 8, W + 8)
+    dy, dx = torch.randint(0, 9, (2, b), device=images.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]  # (B, 1, 1, W)
+    cropped = padded[torch.arange(b, device=images.device)[:, None, None, None],
+                     torch.arange(images.shape[1], device=images.device)[None, :, None, None], rows, cols]
+    flip = torch.rand(b, device=images.device) < 0.5
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
 
 
 def rotate(images: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:
@@ -133,6 +190,8 @@ class JudgeTask:
 
     def step(self, model: nn.Module, batch: Any, device: torch.device) -> StepResult:
         images, targets = self.inputs(batch[0].to(device), batch[1].to(device))
+        if self.model.config.recipe.augment:
+            images = augment(images)
         logits = model(images)
         loss = F.cross_entropy(logits.float(), targets)
         return StepResult(loss, {"accuracy": (logits.argmax(1) == targets).float().mean()})
@@ -152,8 +211,9 @@ class JudgeTask:
         return {"test_accuracy": correct / len(self.test)}
 
 
-def judge_steps(train_size: int) -> int:
-    return max(1, min(MAX_STEPS, EPOCHS * (train_size // BATCH)))
+def judge_steps(config: JudgeConfig, train_size: int) -> int:
+    recipe = config.recipe
+    return max(1, min(recipe.max_steps, recipe.epochs * (train_size // recipe.batch)))
 
 
 def fit_judge(config: JudgeConfig, train: BatchedImages, test: BatchedImages, out_dir: str | Path, steps: int,
@@ -164,9 +224,12 @@ def fit_judge(config: JudgeConfig, train: BatchedImages, test: BatchedImages, ou
     out_dir = Path(out_dir)
     if saved_step(out_dir) < steps:
         seed_everything(SEED)
-        train_config = TrainConfig(steps=steps, batch_size=min(BATCH, len(train)), lr=LR, seed=SEED, device=device,
-                                   num_workers=num_workers, log_every=50, eval_every=steps,
-                                   checkpoint_every=max(1, steps // 4), tensorboard=tensorboard)
+        recipe = config.recipe
+        train_config = TrainConfig(steps=steps, batch_size=min(recipe.batch, len(train)), lr=recipe.lr, seed=SEED,
+                                   precision=recipe.precision, device=device, num_workers=num_workers, log_every=50,
+                                   eval_every=steps, checkpoint_every=max(1, steps // 4),
+                                   warmup=min(recipe.warmup, steps // 2), schedule=recipe.schedule,
+                                   tensorboard=tensorboard)
         Trainer(JudgeTask(Judge(config), train, test), train_config, out_dir, progress=progress, alone=alone).fit()
     judge = Judge.from_pretrained(out_dir)
     if judge.config != config:
@@ -182,5 +245,5 @@ def train_judge(train: BatchedImages, test: BatchedImages, out_dir: str | Path, 
     `tensorboard` (a directory for its events), `device` and `num_workers` (loader processes decoding
     a streamed folder) are runtime options: they do not change the judge."""
     config = JudgeConfig.for_data(train.info, train.labels is not None)
-    return fit_judge(config, train, test, out_dir, judge_steps(len(train)), device, progress, tensorboard,
+    return fit_judge(config, train, test, out_dir, judge_steps(config, len(train)), device, progress, tensorboard,
                      num_workers)

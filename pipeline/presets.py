@@ -1,13 +1,29 @@
-"""Named end-to-end presets: which model sizes and how many steps `vqgen run --preset` uses."""
+"""Named end-to-end presets: which model sizes and how many steps `vqgen run --preset` uses, sized
+for the data it is given.
+
+The rule, for a train split of C x H x W images and N of them (`DataShape`):
+- the code grid stays near 8 x 8 (7 x 7 for 28 x 28): 2**downsamples = the image side / 8, at least 4;
+- color images (C = 3) get the color sizes (a wider VQ-VAE with more codes; a wider prior), measured
+  on CIFAR-10 for 32 x 32; one-channel images the grayscale sizes, measured on MNIST and the
+  built-in digits;
+- few images (N < SMALL_DATA) get dropout in the prior, as a 15-layer prior overfits a few thousand
+  grids; no batch is larger than the split.
+A flag given on the command line still wins over any of it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Callable
 
+from vqgen.data.images import DataShape
 from vqgen.engine.trainer import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage2_prior.config import PriorConfig
+
+SMALL_DATA = 10_000  # train images below which the prior gets dropout
+SMALL_DATA_DROPOUT = 0.1
 
 
 @dataclass(frozen=True)
@@ -20,47 +36,77 @@ class RunPreset:
     evaluate: bool = True  # run `vqgen eval` at the end
 
 
-def quick() -> RunPreset:
+def downsamples(shape: DataShape) -> int:
+    """Halvings that bring the shorter image side near 8 codes, at least 2 (a 4 x 4 cell per code)."""
+    return max(2, round(math.log2(min(shape.height, shape.width) / 8)))
+
+
+def fitted(preset: RunPreset, shape: DataShape) -> RunPreset:
+    """The preset's sizes adapted to the data by the module's rule (grid, dataset size, batch)."""
+    dropout = SMALL_DATA_DROPOUT if shape.count < SMALL_DATA else preset.prior.dropout
+    return replace(
+        preset, vqvae=replace(preset.vqvae, downsamples=downsamples(shape)),
+        vqvae_train=replace(preset.vqvae_train, batch_size=min(preset.vqvae_train.batch_size, shape.count)),
+        prior=replace(preset.prior, dropout=dropout),
+        prior_train=replace(preset.prior_train, batch_size=min(preset.prior_train.batch_size, shape.count)))
+
+
+def quick(shape: DataShape) -> RunPreset:
     """A smoke run: about a minute on a 2-core CPU, without eval; the samples are rough."""
-    return RunPreset(
+    return fitted(RunPreset(
         vqvae=VQVAEConfig.small(hidden=32, res_hidden=16, code_dim=16, codebook_size=64, restart_every=50),
         vqvae_train=TrainConfig(steps=300, batch_size=64, lr=2e-3, precision="auto", eval_every=300,
                                 checkpoint_every=100),
         prior=PriorConfig.small(channels=32, layers=8),
         prior_train=TrainConfig(steps=400, batch_size=64, lr=2e-3, precision="auto", ema=0.99, eval_every=400,
                                 checkpoint_every=100),
-        eval_images=500, evaluate=False)
+        eval_images=500, evaluate=False), shape)
 
 
-def default() -> RunPreset:
-    """The README's main job: under nine minutes on a 2-core CPU with eval, samples near real data.
+def default(shape: DataShape) -> RunPreset:
+    """The README's main job, samples near real data within minutes on a 2-core CPU (eval included).
 
-    Chosen by `vqgen eval` on real MNIST and the built-in digits (README, "Sample quality"): bf16
-    where the CPU computes it natively buys 1.3-1.5x more steps; the prior is undertrained at this
-    budget, so a constant, higher learning rate with a weight average (which at under 4,500 steps
-    averages about the last fifth of training, engine/averaging.py) beats a cosine decay, warm-up
-    and dropout; K=128 codes model better than 256 at this prior size (sharper samples, better class
-    accuracy) although 256 reconstruct better.
+    Grayscale, chosen by `vqgen eval` on real MNIST and the built-in digits (README, "Sample
+    quality"): bf16 where the CPU computes it natively buys 1.3-1.5x more steps; the prior is
+    undertrained at this budget, so a constant, higher learning rate with a weight average (which at
+    under 4,500 steps averages about the last fifth of training, engine/averaging.py) beats a cosine
+    decay, warm-up and dropout; K=128 codes model better than 256 at this prior size (sharper
+    samples, better class accuracy) although 256 reconstruct better. Color: see `_color`.
     """
-    return RunPreset(
+    if shape.channels == 3:
+        return fitted(_color(), shape)
+    return fitted(RunPreset(
         vqvae=VQVAEConfig.small(hidden=64, res_hidden=32, code_dim=16, codebook_size=128),
         vqvae_train=TrainConfig(steps=2500, batch_size=64, lr=1e-3, precision="auto", eval_every=500,
                                 checkpoint_every=500),
         prior=PriorConfig.small(layers=12),
         prior_train=TrainConfig(steps=1500, batch_size=64, lr=2e-3, precision="auto", ema=0.999, eval_every=500,
+                                checkpoint_every=250)), shape)
+
+
+def _color() -> RunPreset:
+    """Color images, measured on CIFAR-10 (README, "Color images"): within 25 minutes on a 2-core CPU
+    with native bf16, eval included."""
+    return RunPreset(
+        vqvae=VQVAEConfig.small(hidden=128, res_hidden=64, code_dim=32, codebook_size=256),
+        vqvae_train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, precision="auto", eval_every=500,
+                                checkpoint_every=500),
+        prior=PriorConfig.small(layers=12),
+        prior_train=TrainConfig(steps=2500, batch_size=64, lr=2e-3, precision="auto", ema=0.999, eval_every=500,
                                 checkpoint_every=250))
 
 
-def paper() -> RunPreset:
-    """The papers' sizes, for a GPU: 256-wide VQ-VAE with K=512, a 20-layer prior."""
-    return RunPreset(
+def paper(shape: DataShape) -> RunPreset:
+    """The papers' sizes, for a GPU: 256-wide VQ-VAE with K=512 (the CIFAR-10 model of van den Oord
+    et al. 2017 for 32 x 32 color images), a 20-layer prior."""
+    return fitted(RunPreset(
         vqvae=VQVAEConfig.paper(),
         vqvae_train=TrainConfig(steps=20000, batch_size=128, lr=2e-4, precision="auto", eval_every=2000,
                                 checkpoint_every=1000),
         prior=PriorConfig.paper(),
         prior_train=TrainConfig(steps=30000, batch_size=128, lr=3e-4, precision="auto", ema=0.9995,
                                 eval_every=2000, checkpoint_every=1000),
-        eval_images=10000)
+        eval_images=10000), shape)
 
 
-RUN_PRESETS: dict[str, Callable[[], RunPreset]] = {"quick": quick, "default": default, "paper": paper}
+RUN_PRESETS: dict[str, Callable[[DataShape], RunPreset]] = {"quick": quick, "default": default, "paper": paper}

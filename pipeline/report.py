@@ -39,7 +39,7 @@ def _trained_config(directory: Path) -> dict[str, Any]:
 
 
 def write_report(out: Path, spec: dict[str, Any], timings: dict[str, float],
-                 exports: dict[str, dict[str, float]]) -> dict[str, Any]:
+                 exports: dict[str, dict[str, float]], likelihood: dict[str, Any]) -> dict[str, Any]:
     vqvae = read_metrics(out / "vqvae" / "metrics.jsonl")
     prior = read_metrics(out / "prior" / "metrics.jsonl")
     previous = read_json(out / "report.json") if (out / "report.json").exists() else {}
@@ -49,6 +49,7 @@ def write_report(out: Path, spec: dict[str, Any], timings: dict[str, float],
         "export": {split: {**figures, "manifest": read_manifest(out / "latents" / split).to_json()}
                    for split, figures in export_figures.items()},
         "prior": _stage(prior, "grids_per_s"),
+        "likelihood": likelihood,
         "samples": {"grid": "samples/grid.png", "codes": "samples/codes.npy"},
         "eval": read_json(out / EVAL_FILE) if (out / EVAL_FILE).exists() else None,
         "timings_s": {**timings, "total": sum(timings.values())},

@@ -30,10 +30,12 @@ from vqgen.engine.trainer import saved_step
 from vqgen.pipeline.evaluate import EvalOptions, evaluate_run
 from vqgen.pipeline.generate import SAMPLING_FILE, Generator, save_samples
 from vqgen.pipeline.judge import train_judge
+from vqgen.pipeline.likelihood import bits_per_dim
 from vqgen.pipeline.report import write_report
 from vqgen.pipeline.spec import RunSpec, claim_run_dir
 from vqgen.stage1_vqvae.export import export_latents, file_sha256
 from vqgen.stage1_vqvae.model import VQVAE
+from vqgen.stage2_prior.model import GatedPixelCNN
 from vqgen.stage1_vqvae.train import train_vqvae
 from vqgen.stage2_prior.train import train_prior
 
@@ -133,7 +135,11 @@ def _run(spec: RunSpec, out: Path, ctx: Dist, device: torch.device, download: bo
     def finish() -> dict[str, Any]:
         with timings.stage("sample"):
             sample_run(out, spec, progress, sub_run(boards, "samples"))
-        return write_report(out, spec.to_json(), timings.seconds, exports)
+        with timings.stage("likelihood"):
+            likelihood = bits_per_dim(VQVAE.from_pretrained(out / "vqvae").to(device),
+                                      GatedPixelCNN.from_pretrained(out / "prior").to(device), train_images,
+                                      test_images, spec.eval_images)
+        return write_report(out, spec.to_json(), timings.seconds, exports, likelihood)
 
     report = on_main(ctx, finish)
     return report if ctx.is_main else {}

@@ -54,7 +54,8 @@ def test_run_then_run_again_does_no_work(tmp_path: Path, folder: Path, capsys: p
     used = round(report["vqvae"]["eval"]["codes_used"] * 64)  # a share in report.json, a count of K=64 printed
     assert re.fullmatch(rf"run finished in {re.escape(str(out))}: VQ-VAE PSNR \d+\.\d dB, codes {used}/64 "
                         rf"\({round(100 * used / 64)}%\), perplexity \d+\.\d of 64 codes; prior \d\.\d{{3}} bits/code, "
-                        rf"unigram \d\.\d{{3}} bits/code; samples in {re.escape(str(out / 'samples' / 'grid.png'))}",
+                        rf"unigram \d\.\d{{3}} bits/code; \d+\.\d{{3}} bits/dim; "
+                        rf"samples in {re.escape(str(out / 'samples' / 'grid.png'))}",
                         capsys.readouterr().out.strip())
     assert "bits_per_code" in report["prior"]["eval"] and "psnr" in report["vqvae"]["eval"]
     for name in ("curves.png", "samples/grid.png", "vqvae/reconstructions.png"):

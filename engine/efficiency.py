@@ -1,0 +1,68 @@
+"""How far training runs from what the hardware allows: model FLOPs per step against a reference rate.
+
+The habit of large-model training (model FLOPs utilisation, as nanoGPT prints it at every log step),
+for the machines vqgen runs on: the FLOPs of one training step (forward and backward) are counted
+once, at setup, by torch's flop counter on a copy of the model (so the count has no side effects on
+the run: no EMA update, no random draw), and the reference is a dense matrix product of the run's
+dtype timed on the same device and threads. Their ratio, the share, says how much of the machine's
+practical peak the step reaches; the rest goes to memory-bound work (gates, normalisation,
+elementwise maps), small kernels and the framework.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+MATMUL_SIDE = {"cpu": 1024, "cuda": 8192}  # large enough to reach the dense peak, small enough to time fast
+MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def step_flops(model: nn.Module, step: Callable[[nn.Module], torch.Tensor]) -> int:
+    """FLOPs of one forward and backward pass, `step(model_copy)` returning the loss, counted on a copy
+    of `model` with the random state restored afterwards."""
+    twin = copy.deepcopy(model)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices), FlopCounterMode(display=False) as counter:
+        step(twin).backward()
+    return int(counter.get_total_flops())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _matmul_rate(precision: str, device: torch.device, threads: int, repeats: int) -> float:
+    side = MATMUL_SIDE.get(device.type, 1024)
+    dtype = MATMUL_DTYPES.get(precision, torch.float32)
+    a, b = (torch.randn(side, side, generator=torch.Generator().manual_seed(i)).to(device, dtype) for i in (0, 1))
+    a @ b  # warm-up: kernels chosen, caches and clocks up
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * side**3 / best
+
+
+def matmul_flops_per_s(precision: str, device: torch.device, repeats: int = 3) -> float:
+    """The best of `repeats` timed square matrix products in the run's dtype: FLOP/s this device and its
+    threads reach on the densest work there is (about 0.1 s of the setup on a 2-core CPU, once per
+    process for each precision, device and thread count)."""
+    return _matmul_rate(precision, device, torch.get_num_threads(), repeats)
+
+
+def efficiency(flops_per_step: int, steps: int, seconds: float, reference: float) -> dict[str, Any]:
+    """Achieved FLOP/s over `steps` steps in `seconds`, and its share of the reference rate."""
+    achieved = flops_per_step * steps / max(seconds, 1e-9)
+    return {"flops_per_s": achieved, "flops_share": achieved / reference}
