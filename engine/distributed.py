@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable, TypeVar
 
 import numpy as np
@@ -38,13 +39,18 @@ def launched_as_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+# How long a rank waits in a collective: eval, sampling and the report run on rank 0 alone while the
+# others wait, for minutes on a large run, longer than NCCL's default of 10 minutes.
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
+
+
 def init_distributed(device: torch.device) -> Dist:
     """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)

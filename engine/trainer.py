@@ -72,6 +72,7 @@ class TrainConfig:
         require(0 <= self.ema < 1, f"ema={self.ema} is not allowed; must be in [0, 1) (0 = off)")
         require(self.grad_clip >= 0, f"grad_clip={self.grad_clip} is not allowed; must be >= 0 (0 = off)")
         require(self.num_workers >= 0, f"num_workers={self.num_workers} is not allowed; must be >= 0")
+        require(self.seed >= 0, f"seed={self.seed} is not allowed; must be >= 0")
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step `step` (1-based): linear warm-up over `warmup` steps, then
@@ -235,10 +236,15 @@ class Trainer:
         self._check_same_run()
         state = load_tensors(self.out_dir / STATE_FILE, what="training state")
         load_state_into(unwrap(self.model), state["model"], str(self.out_dir / STATE_FILE))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.average is not None:
-            self.average.load_state_dict(state["average"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            if self.average is not None:
+                self.average.load_state_dict(state["average"])
+        except (ValueError, RuntimeError, KeyError) as err:
+            raise VQGenError(f"{self.out_dir / STATE_FILE} holds optimizer or weight-average state this model "
+                             f"cannot take ({type(err).__name__}), as from an older vqgen; its model.pt loads, "
+                             "but training cannot resume there: train into a new --out") from None
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.log.truncate_after(self.step)
 
@@ -322,8 +328,6 @@ class Trainer:
     def _fit(self) -> dict[str, Any]:
         self._resume()
         kind: str = unwrap(self.model).kind  # type: ignore[assignment]
-        self.flops_per_step = self._count_flops()
-        self.matmul_rate = matmul_flops_per_s(self.precision, self.device)
         model = self._wrap()
         first = self.step + 1
         model.train()
@@ -331,9 +335,6 @@ class Trainer:
         window = _Window(self.device)
         signals = _StopSignals()
         self.sink = open_sink(self.config.tensorboard if self.ctx.is_main else None, kind, self.step + 1)
-        self.log.log(step=self.step, split="setup", device=str(self.device), precision=self.precision,
-                     processes=self.ctx.world, flops_per_step=self.flops_per_step,
-                     matmul_flops_per_s=self.matmul_rate)
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.progress,
                    desc=f"train {kind}", dynamic_ncols=True)
         with signals.installed(), bar, self.sink:
@@ -347,19 +348,11 @@ class Trainer:
                 self._optimise(result.loss)
                 window.add(result, self.step)
                 extra = self.task.after_step(self.step)
+                if self.step == first:
+                    self._log_setup(batch, first - 1)
                 bar.update(1)
-                last = self.step == self.config.steps
                 stop = self._stop_requested(signals)
-                evaluate = self.step % self.config.eval_every == 0 or last
-                save = self.step % self.config.checkpoint_every == 0 or last or stop
-                if self.step % self.config.log_every == 0 or evaluate or save:
-                    self._log_window(window, bar, extra)
-                if evaluate:
-                    evaluation = self._evaluate(model)
-                if save:
-                    self._save()
-                if evaluate or save:
-                    window.started = time.perf_counter()  # throughput counts training steps only
+                evaluation = self._after_step(model, window, bar, extra, stop) or evaluation
                 if stop:
                     raise Interrupted(f"stopped by signal {signals.received} at step {self.step}; checkpoint "
                                       f"saved in {self.out_dir}, run the same command to resume",
@@ -369,11 +362,32 @@ class Trainer:
         return {"step": self.step, "seconds": self.elapsed, "evaluation": evaluation,
                 f"{self.task.items_name}_per_s": self.step * self.config.batch_size / max(self.elapsed, 1e-9)}
 
-    def _count_flops(self) -> int:
+    def _after_step(self, model: nn.Module, window: "_Window", bar: tqdm, extra: dict[str, float],
+                    stop: bool) -> dict[str, float] | None:
+        """Log, evaluate and checkpoint when their step comes; the evaluation when there was one."""
+        last = self.step == self.config.steps
+        evaluate = self.step % self.config.eval_every == 0 or last
+        save = self.step % self.config.checkpoint_every == 0 or last or stop
+        if self.step % self.config.log_every == 0 or evaluate or save:
+            self._log_window(window, bar, extra)
+        evaluation = self._evaluate(model) if evaluate else None
+        if save:
+            self._save()
+        if evaluate or save:
+            window.started = time.perf_counter()  # throughput counts training steps only
+        return evaluation
+
+    def _log_setup(self, batch: Any, step: int) -> None:
+        """The setup record, once this process's first step is done: a step that initialises (k-means,
+        compilation) is not one to count, so the FLOPs of a step are counted on the model after it."""
+        self.flops_per_step = self._count_flops(batch)
+        self.matmul_rate = matmul_flops_per_s(self.precision, self.device)
+        self.log.log(step=step, split="setup", device=str(self.device), precision=self.precision,
+                     processes=self.ctx.world, flops_per_step=self.flops_per_step,
+                     matmul_flops_per_s=self.matmul_rate)
+
+    def _count_flops(self, batch: Any) -> int:
         """FLOPs of one training step of this process (its share of the global batch), on a copy of the model."""
-        local = self.config.batch_size // self.ctx.world
-        loader = make_loader(self.task.train_data(), [list(range(local))], 0, False)
-        batch = next(iter(loader))
         with self._autocast():
             return step_flops(self.model, lambda twin: self.task.step(twin, batch, self.device).loss)
 

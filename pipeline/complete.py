@@ -22,7 +22,7 @@ def read_image(path: Path, generator: Generator) -> torch.Tensor:
     """(C, H, W) in [0, 1], by the folder rules (data/decode.py) in the VQ-VAE's channels."""
     config = generator.vqvae.config
     pixels = decode(path, gray=config.in_channels == 1, size=None)  # (H, W) or (H, W, 3) uint8
-    image = torch.from_numpy(np.ascontiguousarray(pixels)).float().div(255)
+    image = torch.from_numpy(np.array(pixels)).float().div(255)  # a copy: decoded arrays are read-only
     image = image[None] if image.dim() == 2 else image.permute(2, 0, 1)
     config.check_images(*image.shape)
     return image

@@ -213,24 +213,24 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
     """
     out, start = Path(out), time.perf_counter()
     ctx, _ = process_device(options.device)
-    spec = load_spec(out)
-    train, test = data or (spec.open_split("train", index_dir=out), spec.open_split("test", index_dir=out))
-    # not from_pretrained: the prior's saved defaults must not stand in for the settings asked for
-    generator = Generator(VQVAE.from_pretrained(out / "vqvae"), GatedPixelCNN.from_pretrained(out / "prior"),
-                          device=options.device)
-    settings = options.settings(generator.prior.config)  # checked before the judge trains
-    judge, judge_accuracy = train_judge(train, test, out / "judge", options.device, progress,
-                                        sub_run(tensorboard, "judge"))
+    with directory_lock(out, ctx):  # before any work: a run still being written is refused at once
+        spec = load_spec(out)
+        train, test = data or (spec.open_split("train", index_dir=out), spec.open_split("test", index_dir=out))
+        # not from_pretrained: the prior's saved defaults must not stand in for the settings asked for
+        generator = Generator(VQVAE.from_pretrained(out / "vqvae"), GatedPixelCNN.from_pretrained(out / "prior"),
+                              device=options.device)
+        settings = options.settings(generator.prior.config)  # checked before the judge trains
+        judge, judge_accuracy = train_judge(train, test, out / "judge", options.device, progress,
+                                            sub_run(tensorboard, "judge"))
 
-    def score() -> dict[str, Any]:
-        report = _score_run(out, options, settings, generator, judge.to(generator.device), train, test, progress,
-                            {"test_accuracy": judge_accuracy, "task": judge.config.task})
-        report["seconds"] = time.perf_counter() - start
-        write_json(out / EVAL_FILE, report)
-        save_sampling(SamplingOptions(*(report["chosen"][k] for k in SETTING_KEYS)), out / "prior")  # last: eval done
-        return report
+        def score() -> dict[str, Any]:
+            report = _score_run(out, options, settings, generator, judge.to(generator.device), train, test,
+                                progress, {"test_accuracy": judge_accuracy, "task": judge.config.task})
+            report["seconds"] = time.perf_counter() - start
+            write_json(out / EVAL_FILE, report)
+            save_sampling(SamplingOptions(*(report["chosen"][k] for k in SETTING_KEYS)), out / "prior")  # last
+            return report
 
-    with directory_lock(out, ctx):
         report = on_main(ctx, score)
     if ctx.is_main and tensorboard is not None:
         _show(report, out / "eval", sub_run(tensorboard, "eval"), spec.prior_train.steps)

@@ -140,6 +140,10 @@ class Generator:
         config = self.vqvae.config
         self.vqvae.config.check_images(*image.shape)
         unknown = self.code_mask(mask.bool())
+        if unknown.all():
+            factor = config.downsample_factor
+            raise UsageError(f"the mask leaves no code known: every {factor}x{factor} cell of the image overlaps it; "
+                             f"keep at least one whole cell (e.g. --keep-top {factor} or more)")
         codes = self.vqvae.encode(image[None].to(self.device))[0]  # (h, w)
         result = complete_codes(self.prior, codes, unknown.to(self.device), n, label,
                                 self.options(temperature, top_k, top_p, guidance), self._generator(seed), proposals,

@@ -2,7 +2,8 @@
 for the data it is given.
 
 The rule, for a train split of C x H x W images and N of them (`DataShape`):
-- the code grid stays near 8 x 8 (7 x 7 for 28 x 28): 2**downsamples = the image side / 8, at least 4;
+- the code grid stays near 8 x 8 (7 x 7 for 28 x 28): 2**downsamples = the image side / 8, at least 4,
+  at most the largest power of two dividing both sides;
 - color images (C = 3) get the color sizes (a wider VQ-VAE with more codes; a wider prior), measured
   on CIFAR-10 for 32 x 32; one-channel images the grayscale sizes, measured on MNIST and the
   built-in digits;
@@ -37,8 +38,11 @@ class RunPreset:
 
 
 def downsamples(shape: DataShape) -> int:
-    """Halvings that bring the shorter image side near 8 codes, at least 2 (a 4 x 4 cell per code)."""
-    return max(2, round(math.log2(min(shape.height, shape.width) / 8)))
+    """Halvings that bring the shorter image side near 8 codes, at least 2 (a 4 x 4 cell per code), and no
+    more than both sides can take (100 x 100 images halve twice, to 25 x 25)."""
+    wanted = max(2, round(math.log2(min(shape.height, shape.width) / 8)))
+    divisible = min((side & -side).bit_length() - 1 for side in (shape.height, shape.width))  # powers of 2 in each
+    return max(1, min(wanted, divisible))
 
 
 def fitted(preset: RunPreset, shape: DataShape) -> RunPreset:

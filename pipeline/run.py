@@ -36,6 +36,7 @@ from vqgen.pipeline.spec import RunSpec, claim_run_dir
 from vqgen.stage1_vqvae.export import export_latents, file_sha256
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage2_prior.model import GatedPixelCNN
+from vqgen.stage2_prior.sampling import SamplingOptions
 from vqgen.stage1_vqvae.train import train_vqvae
 from vqgen.stage2_prior.train import train_prior
 
@@ -108,6 +109,7 @@ def _run(spec: RunSpec, out: Path, ctx: Dist, device: torch.device, download: bo
     info = train_images.info
     spec = replace(spec, vqvae=replace(spec.vqvae, in_channels=info.channels, image_height=info.height,
                                        image_width=info.width))
+    _check_grid_options(spec, info.num_classes or 0)
     on_main(ctx, lambda: claim_run_dir(out, spec))
     timings = Timings(out / "timings.json", enabled=ctx.is_main)
     if saved_step(out / "vqvae") < spec.vqvae_train.steps:
@@ -143,6 +145,12 @@ def _run(spec: RunSpec, out: Path, ctx: Dist, device: torch.device, download: bo
 
     report = on_main(ctx, finish)
     return report if ctx.is_main else {}
+
+
+def _check_grid_options(spec: RunSpec, classes: int) -> None:
+    """The sample grid's options, checked against the prior this data will train before any training."""
+    prior = replace(spec.prior, num_classes=classes, label_dropout=spec.prior.label_dropout if classes else 0.0)
+    SamplingOptions(temperature=spec.temperature or 1.0, guidance=1.0 if spec.guidance is None else spec.guidance).check(prior)
 
 
 def sample_run(out: Path, spec: RunSpec, progress: bool, tensorboard: str | None = None) -> None:

@@ -207,6 +207,9 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
         self.usage_ema[which] = max(self.config.restart_threshold, 1.0)
 
 
+LONG_TRAINED = 10**6  # updates after which 1 - decay**updates is 1 to float precision
+
+
 class StraightThroughQuantizer(Quantizer):
     """Codebook learned by gradient of ||sg[z] - e||^2 (eq. 3); the encoder commits with beta.
 
@@ -219,6 +222,12 @@ class StraightThroughQuantizer(Quantizer):
         k = config.codebook_size
         self.codebook = nn.Parameter(torch.empty(k, config.space).uniform_(-1 / k, 1 / k))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """A quantizer saved before the debiasing (vqgen 0.2) has no update count: count it as long trained,
+        where the bias has vanished."""
+        state.setdefault(f"{prefix}updates", torch.tensor(LONG_TRAINED))
+        super()._load_from_state_dict(state, prefix, *args, **kwargs)
 
     def _codebook_loss(self, flat: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(codes, flat.detach())

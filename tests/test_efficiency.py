@@ -4,7 +4,6 @@ reference matrix-product rate, logged in the setup and train records."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
