@@ -45,7 +45,8 @@ class Encoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images - 0.5)  # (B, C, H, W) -> (B, D, H/f, W/f), inputs centred on 0
+        centred = (images - 0.5).contiguous(memory_format=torch.channels_last)  # inputs centred on 0
+        return self.net(centred)  # (B, C, H, W) -> (B, D, H/f, W/f)
 
 
 class Decoder(nn.Module):
@@ -63,6 +64,7 @@ class Decoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, quantized: torch.Tensor) -> torch.Tensor:
+        quantized = quantized.contiguous(memory_format=torch.channels_last)
         return self.net(quantized) + 0.5  # (B, D, h, w) -> (B, C, H, W), images in [0, 1]
 
 
@@ -83,6 +85,9 @@ class VQVAE(nn.Module, Pretrained):
         self.encoder = Encoder(config)
         self.quantizer = build_quantizer(config.quantizer_config())
         self.decoder = Decoder(config)
+        # Convolutions run in channels-last layout (NHWC), the one oneDNN's CPU kernels and cuDNN's tensor
+        # cores prefer: 1.4x faster at fp32 on 28x28 digits, no slower elsewhere (bench/efficiency.py).
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> VQVAEOutput:
         quantized = self.quantizer(self.encoder(images))

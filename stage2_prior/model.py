@@ -38,8 +38,10 @@ class GatedPixelCNN(nn.Module, Pretrained):
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(s, s, 1), nn.ReLU(), nn.Conv2d(s, config.codebook_size, 1))
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_codes(codes)
-        self.check_labels(labels, len(codes))
+        # Shapes always; values outside training only: training data was checked once, when its latent
+        # dataset opened, and reading values back to the host is a sync per step on a GPU.
+        self.check_codes(codes, values=not self.training)
+        self.check_labels(labels, len(codes), values=not self.training)
         x = rearrange(self.embedding(codes.long()), "b h w c -> b c h w")  # (B, C, H, W)
         v, h, skip = x, x, 0
         for layer in self.layers:
@@ -56,18 +58,20 @@ class GatedPixelCNN(nn.Module, Pretrained):
         nats = F.cross_entropy(self(codes, labels).float(), codes.long(), reduction="none")  # (B, H, W)
         return nats.flatten(1).sum(1) / math.log(2)
 
-    def check_codes(self, codes: torch.Tensor) -> None:
+    def check_codes(self, codes: torch.Tensor, values: bool = True) -> None:
         """Refuse anything but integer grids (B, H, W) of codes in 0..K-1, naming the numbers."""
         cfg = self.config
         if codes.dim() != 3 or codes.is_floating_point() or codes.is_complex():
             raise VQGenError(f"codes must be an integer tensor (B, H, W); got {codes.dtype} of shape "
                              f"{tuple(codes.shape)}")
+        if not values:
+            return
         low, high = (int(x) for x in torch.aminmax(codes)) if codes.numel() else (0, 0)
         if low < 0 or high >= cfg.codebook_size:
             raise VQGenError(f"codes hold code {low if low < 0 else high} but the prior was built for "
                              f"K={cfg.codebook_size} codes (0..{cfg.codebook_size - 1})")
 
-    def check_labels(self, labels: torch.Tensor | None, batch: int) -> None:
+    def check_labels(self, labels: torch.Tensor | None, batch: int, values: bool = True) -> None:
         """Labels are needed exactly when the prior is class-conditional, one per grid, in range (the
         null label `num_classes` too, for a prior trained with label dropout)."""
         classes, ids = self.config.num_classes, self.config.label_embeddings
@@ -80,6 +84,8 @@ class GatedPixelCNN(nn.Module, Pretrained):
             raise VQGenError("this prior is unconditional (num_classes=0); labels cannot be used")
         if labels.shape != (batch,):
             raise VQGenError(f"labels have shape {tuple(labels.shape)} but the codes hold {batch} grids")
+        if not values:
+            return
         low, high = (int(x) for x in torch.aminmax(labels)) if batch else (0, 0)
         if low < 0 or high >= ids:
             null = f" ({classes}: no class)" if ids > classes else ""

@@ -108,13 +108,13 @@ def test_unconditional_model_and_likelihood_units() -> None:
     ((2, 7, 7), torch.tensor([0]), r"labels have shape \(1,\) but the codes hold 2 grids"),
 ])
 def test_bad_inputs_are_named(shape: tuple[int, ...], labels: torch.Tensor | None, message: str) -> None:
-    model = GatedPixelCNN(PriorConfig.tiny(num_classes=3))
+    model = GatedPixelCNN(PriorConfig.tiny(num_classes=3)).eval()  # values are checked outside training
     with pytest.raises(VQGenError, match=message):
         model.loss(torch.zeros(shape, dtype=torch.long), labels)
 
 
 def test_codes_outside_the_codebook_and_stray_labels_are_named() -> None:
-    model = GatedPixelCNN(PriorConfig.tiny())
+    model = GatedPixelCNN(PriorConfig.tiny()).eval()
     codes = torch.zeros(1, 7, 7, dtype=torch.long)
     with pytest.raises(VQGenError, match="codes hold code 16 but the prior was built for K=16 codes"):
         model(codes + 16)
@@ -159,7 +159,7 @@ def test_a_prior_saved_with_the_last_layers_dead_weights_still_loads(tmp_path: P
 
 def test_the_null_class_is_a_label_only_with_label_dropout() -> None:
     codes = torch.zeros(1, 7, 7, dtype=torch.long)
-    with_null = GatedPixelCNN(PriorConfig.tiny(num_classes=3, label_dropout=0.1))
+    with_null = GatedPixelCNN(PriorConfig.tiny(num_classes=3, label_dropout=0.1)).eval()
     assert with_null.config.null_label == 3
     with_null(codes, torch.tensor([3]))
     with pytest.raises(VQGenError, match=r"labels must lie in \[0, 4\) \(3: no class\) for this prior; got 4"):
