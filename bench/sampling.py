@@ -1,5 +1,6 @@
 """Prior sampling, naive (a full forward pass per position) vs incremental, same model, same process;
-and the prior's training throughput (forward, backward and Adam step).
+guided sampling (scale 2) beside plain incremental sampling; and the prior's training throughput
+(forward, backward and Adam step).
 
     python -m bench.sampling [--batch 64] [--threads N] [--naive-budget 120] [--quick]
 
@@ -31,7 +32,7 @@ from .common import emit, reference_rate, sync, timed
 from vqgen.engine.runtime import pick_device
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.model import GatedPixelCNN
-from vqgen.stage2_prior.sampling import IncrementalSampler, NaiveSampler, draw, sample
+from vqgen.stage2_prior.sampling import IncrementalSampler, NaiveSampler, SamplingOptions, draw, log_probs, sample
 
 CLASSES = 10
 
@@ -67,7 +68,7 @@ def naive_run(model: GatedPixelCNN, labels: torch.Tensor, budget: float) -> tupl
     with torch.no_grad():
         while position < height * width and time.perf_counter() - start < budget:
             i, j = divmod(position, width)
-            codes[:, i, j] = draw(state.logits(i, j), 1.0, None, generator)
+            codes[:, i, j] = draw(log_probs(state.logits(i, j), SamplingOptions()), generator)
             state.commit(i, j, codes[:, i, j])
             position += 1
     sync(device)
@@ -101,10 +102,14 @@ def bench_sampling(config: PriorConfig, batch: int, budget: float, device: torch
     sample(model, 2, labels[:2], progress=False)  # warm-up: one-time allocations and kernel choice
     with timed(device) as t:
         fast = sample(model, batch, labels, generator=torch.Generator(device).manual_seed(0), progress=False)
+    with timed(device) as guided:  # classifier-free guidance: the conditional and null-class halves as one batch
+        sample(model, batch, labels, SamplingOptions(guidance=2.0), torch.Generator(device).manual_seed(0),
+               progress=False)
     naive_s, positions, slow = naive_run(model, labels, budget)
     emit({"bench": "prior_sampling", **described(config), "batch": batch, "naive_s": round(naive_s, 3),
           "naive_positions_timed": positions, "naive_extrapolated": positions < config.grid_height * config.grid_width,
           "incremental_s": round(t["seconds"], 3), "speedup": round(naive_s / t["seconds"], 1),
+          "guided_s": round(guided["seconds"], 3), "guided_over_plain": round(guided["seconds"] / t["seconds"], 2),
           "same_codes": bool(torch.equal(fast.flatten(1)[:, :positions], slow)),
           "max_logit_diff": max_logit_diff(model, fast, labels), "tf32": tf32(device)})
 

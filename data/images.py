@@ -105,6 +105,26 @@ def data_shape(name: str, root: str | None = None, download: bool = False, size:
     return DataShape(data.info.channels, data.info.height, data.info.width, len(data))
 
 
+class Mirrored(BatchedImages):
+    """A split and its horizontal mirror images: 2N items, item N + i the mirror of item i, same label.
+
+    Horizontal flips are the augmentation natural images take without changing what they show; as a
+    dataset of its own rather than a random flip per batch, the VQ-VAE trains on both and the export
+    writes the codes of both, so the prior gets twice the grids.
+    """
+
+    def __init__(self, data: BatchedImages) -> None:
+        labels = None if data.labels is None else torch.cat([data.labels, data.labels])
+        super().__init__(2 * len(data), labels, data.info)
+        self.data = data
+
+    def pixels(self, indices: Sequence[int]) -> torch.Tensor:
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        mirrored = rows >= len(self.data)
+        images = self.data.pixels((rows % len(self.data)).tolist())  # (B, C, H, W)
+        return torch.where(mirrored[:, None, None, None], images.flip(3), images)
+
+
 def check_divisible(info: DatasetInfo, factor: int) -> None:
     """The encoder halves the image `log2(factor)` times; odd sizes would lose rows silently."""
     if info.height % factor or info.width % factor:

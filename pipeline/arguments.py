@@ -234,6 +234,9 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=_guidance,
                    help="guidance scale of the run's sample grid (default: the one eval chooses, else 1); the "
                         "grid's other options stay as eval chose them")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="train both stages on the train split and its horizontal mirror images, which doubles "
+                        "the prior's grids (default: the preset's; on for color images)")
     p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=None,
                    help="run `vqgen eval` after training (default: on, except for --preset quick)")
     _add_tensorboard(p, "RUN/tensorboard, a sub-run per stage (vqvae/, prior/, judge/, eval/, samples/)")

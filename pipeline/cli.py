@@ -157,7 +157,7 @@ def _run(args: argparse.Namespace) -> None:
         prior=config_from_args(args, preset.prior, prefix="prior-"),
         prior_train=config_from_args(args, preset.prior_train, prefix="prior-", **shared_values),
         eval_images=preset.eval_images, samples=args.samples or 100, temperature=args.temperature,
-        guidance=args.guidance)
+        guidance=args.guidance, flip=preset.flip if args.flip is None else args.flip)
     evaluate = preset.evaluate if args.eval is None else args.eval
     report = run(spec, args.out, download=args.download, evaluation=EvalOptions() if evaluate else None,
                  tensorboard=args.tensorboard, stream=args.stream)

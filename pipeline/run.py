@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import torch
 from PIL import Image
 
-from vqgen.data.images import BatchedImages
+from vqgen.data.images import BatchedImages, Mirrored
 from vqgen.data.latents import MANIFEST, read_manifest
 from vqgen.engine.checkpoint import WEIGHTS_FILE
 from vqgen.engine.distributed import Dist, barrier, on_main, process_device
@@ -110,14 +110,15 @@ def _run(spec: RunSpec, out: Path, ctx: Dist, device: torch.device, download: bo
     spec = replace(spec, vqvae=replace(spec.vqvae, in_channels=info.channels, image_height=info.height,
                                        image_width=info.width))
     _check_grid_options(spec, info.num_classes or 0)
+    trained = Mirrored(train_images) if spec.flip else train_images  # what both stages learn from
     on_main(ctx, lambda: claim_run_dir(out, spec))
     timings = Timings(out / "timings.json", enabled=ctx.is_main)
     if saved_step(out / "vqvae") < spec.vqvae_train.steps:
         with timings.stage("vqvae"):
-            train_vqvae(spec.vqvae, spec.vqvae_train, train_images, test_images, out / "vqvae",
+            train_vqvae(spec.vqvae, spec.vqvae_train, trained, test_images, out / "vqvae",
                         eval_images=spec.eval_images, progress=progress)
     exports = {}
-    for split, data in (("train", train_images), ("test", test_images)):
+    for split, data in (("train", trained), ("test", test_images)):
         with timings.stage(f"export_{split}"):
             exports[split] = export_split(out / "vqvae", data, out / "latents" / split, device, ctx, progress,
                                           spec.vqvae_train.num_workers)

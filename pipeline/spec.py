@@ -35,6 +35,7 @@ class RunSpec:
     samples: int = 100
     temperature: float | None = None  # of the sample grid; None: as eval chose
     guidance: float | None = None     # of the sample grid; None: as eval chose
+    flip: bool = False                # both stages train on the train split and its mirror images
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,39 @@
+"""The run presets' rule: sizes follow the data (channels, image side, number of images)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vqgen.data.images import DataShape
+from vqgen.pipeline.presets import RUN_PRESETS, SMALL_DATA, SMALL_DATA_DROPOUT, downsamples
+
+
+@pytest.mark.parametrize(("height", "width", "halvings"), [
+    (28, 28, 2), (32, 32, 2), (64, 64, 3), (128, 96, 4), (100, 100, 2), (256, 256, 5), (30, 30, 1)])
+def test_the_grid_stays_near_eight_codes_within_what_the_sides_can_halve(height: int, width: int,
+                                                                          halvings: int) -> None:
+    assert downsamples(DataShape(1, height, width, 60_000)) == halvings
+
+
+def test_color_images_get_the_color_sizes_and_mirror_images() -> None:
+    gray = RUN_PRESETS["default"](DataShape(1, 32, 32, 50_000))
+    color = RUN_PRESETS["default"](DataShape(3, 32, 32, 50_000))
+    assert color.flip and not gray.flip
+    assert color.vqvae.codebook_size > gray.vqvae.codebook_size and color.vqvae.hidden > gray.vqvae.hidden
+    assert color.vqvae.downsamples == gray.vqvae.downsamples == 2  # 8 x 8 codes
+
+
+def test_few_images_get_prior_dropout_and_no_batch_larger_than_the_split() -> None:
+    many = RUN_PRESETS["default"](DataShape(1, 28, 28, SMALL_DATA))
+    few = RUN_PRESETS["default"](DataShape(1, 28, 28, 40))
+    assert few.prior.dropout == SMALL_DATA_DROPOUT and many.prior.dropout == 0.0
+    assert few.vqvae_train.batch_size == few.prior_train.batch_size == 40
+    assert many.vqvae_train.batch_size == 64
+
+
+@pytest.mark.parametrize("name", sorted(RUN_PRESETS))
+def test_every_preset_fits_every_kind_of_data(name: str) -> None:
+    for shape in (DataShape(1, 28, 28, 60_000), DataShape(3, 32, 32, 50_000), DataShape(3, 64, 48, 500)):
+        preset = RUN_PRESETS[name](shape)  # the config checks its image against the grid as it is built
+        assert (preset.vqvae.in_channels, preset.vqvae.image_height, preset.vqvae.image_width) == shape[:3]
+        assert shape.height % 2 ** preset.vqvae.downsamples == 0 and shape.width % 2 ** preset.vqvae.downsamples == 0
