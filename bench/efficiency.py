@@ -10,8 +10,8 @@ trainer running the same steps (data loading, logging, checkpoint bookkeeping in
 say how far each is from the ceiling; trainer / bare says what the trainer costs.
 
 Sizes: "default" is what `vqgen run` trains (the grayscale preset on 1x28x28 and its 7x7 codes, the
-color preset on 3x32x32 and its 8x8 codes), "paper" the papers' sizes (VQ-VAE 256 wide, K=512; prior
-20 layers of 128 channels).
+color preset on 3x32x32 and its 16x16 codes), "paper" the papers' sizes (VQ-VAE 256 wide, K=512; prior
+20 layers of 128 channels; 7x7 and 8x8 codes).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from vqgen.data.images import DataShape
 from vqgen.engine.efficiency import matmul_flops_per_s, step_flops
 from vqgen.engine.runtime import pick_device
 from vqgen.engine.trainer import TrainConfig
-from vqgen.pipeline.presets import default
+from vqgen.pipeline.presets import default, paper
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage1_vqvae.train import train_vqvae
@@ -121,15 +121,16 @@ def cases(quick: bool) -> list[tuple[str, Callable[..., dict[str, Any]], Any]]:
         return [("default", vqvae_case, VQVAEConfig.tiny()),
                 ("default", prior_case, PriorConfig.tiny(num_classes=10, label_dropout=0.0))]
     out: list[tuple[str, Callable[..., dict[str, Any]], Any]] = []
-    for channels, shape in SHAPES.items():
+    for shape in SHAPES.values():
         preset = default(shape)
-        image = dict(in_channels=channels, image_height=shape.height, image_width=shape.width)
-        vqvae = replace(preset.vqvae, **image)
+        vqvae = preset.vqvae
         grid = vqvae.grid
         prior = replace(preset.prior, codebook_size=vqvae.codebook_size, grid_height=grid[0], grid_width=grid[1],
                         num_classes=10)
-        paper_vqvae = VQVAEConfig.paper(**image)
-        paper_prior = PriorConfig.paper(codebook_size=512, grid_height=grid[0], grid_width=grid[1], num_classes=10)
+        paper_vqvae = paper(shape).vqvae
+        paper_grid = paper_vqvae.grid
+        paper_prior = PriorConfig.paper(codebook_size=paper_vqvae.codebook_size, grid_height=paper_grid[0],
+                                        grid_width=paper_grid[1], num_classes=10)
         out += [("default", vqvae_case, vqvae), ("paper", vqvae_case, paper_vqvae),
                 ("default", prior_case, prior), ("paper", prior_case, paper_prior)]
     return out

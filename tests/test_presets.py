@@ -15,12 +15,19 @@ def test_the_grid_stays_near_eight_codes_within_what_the_sides_can_halve(height:
     assert downsamples(DataShape(1, height, width, 60_000)) == halvings
 
 
+@pytest.mark.parametrize(("side", "halvings"), [(32, 1), (28, 1), (64, 2), (128, 3), (16, 1), (30, 1)])
+def test_a_color_grid_stays_near_sixteen_codes(side: int, halvings: int) -> None:
+    assert downsamples(DataShape(3, side, side, 50_000)) == halvings
+    assert RUN_PRESETS["paper"](DataShape(3, side, side, 50_000)).vqvae.downsamples == downsamples(
+        DataShape(1, side, side, 50_000))  # the papers' 8 x 8 codes
+
+
 def test_color_images_get_the_color_sizes_and_mirror_images() -> None:
     gray = RUN_PRESETS["default"](DataShape(1, 32, 32, 50_000))
     color = RUN_PRESETS["default"](DataShape(3, 32, 32, 50_000))
     assert color.flip and not gray.flip
     assert color.vqvae.codebook_size > gray.vqvae.codebook_size and color.vqvae.hidden > gray.vqvae.hidden
-    assert color.vqvae.downsamples == gray.vqvae.downsamples == 2  # 8 x 8 codes
+    assert color.vqvae.downsamples == 1 and gray.vqvae.downsamples == 2  # 16 x 16 and 8 x 8 codes
 
 
 def test_few_images_get_prior_dropout_and_no_batch_larger_than_the_split() -> None:
