@@ -11,8 +11,11 @@ p(x_t | x_<t), which the sampler computes on its way. Resampling N of M weighted
 as M grows; the effective sample size (sum w)^2 / sum w^2 says how many independent draws the M
 proposals are worth.
 
-Weights use the same per-code distribution the proposals were drawn from (guided, tempered,
-truncated), so the completions follow that sampler's joint distribution conditioned on the known codes.
+Weights use the per-code distribution the proposals were drawn from, guided and tempered but not
+truncated: top-k and top-p shape the codes the sampler draws, while a known code is data, and a
+weight of zero for every known code outside the top k would refuse most masks of a real image. So
+the completions follow the truncated sampler on the holes, weighed by the tempered prior on the
+known codes (with no truncation: exactly the prior's conditional).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from vqgen.engine.errors import UsageError, VQGenError
+from vqgen.engine.errors import UsageError
 from vqgen.stage2_prior.model import GatedPixelCNN
 from vqgen.stage2_prior.sampling import Known, SamplingOptions, generate
 
@@ -66,9 +69,6 @@ def complete(model: GatedPixelCNN, codes: torch.Tensor, unknown: torch.Tensor, n
     if count < n:
         raise UsageError(f"--proposals={count} is not allowed; must be >= -n ({n}), the completions drawn from them")
     drawn = generate(model, count, label, options, generator, progress, grid=grid, known=known)  # type: ignore[arg-type]
-    if not torch.isfinite(drawn.log_weight).any():
-        raise VQGenError("every proposal gives the known codes probability 0 under this top-k / top-p; "
-                         "complete with all codes (--top-k none --top-p 1)")
     picks = torch.multinomial(torch.softmax(drawn.log_weight.double(), 0).float(), n, replacement=True,
                               generator=generator)  # (n,)
     return Completion(drawn.codes[picks], effective_sample_size(drawn.log_weight), count, False)

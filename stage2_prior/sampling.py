@@ -16,7 +16,7 @@ The network is convolutional, so any grid size can be sampled; `known` codes are
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
 import torch
@@ -326,6 +326,7 @@ def generate(model: GatedPixelCNN, n: int, labels: Labels = None, options: Sampl
     log_weight = torch.zeros(n, device=device)
     state = _state(sampler, model, codes, label_tensor, options)
     kept = known.mask.cpu().flatten().tolist() if known is not None else [False] * (height * width)
+    weighing = replace(options, top_k=None, top_p=None)  # a known code is data: never truncated away
     drawn_any = False
     for position in tqdm(range(height * width), desc="sample", unit="code", disable=not progress, leave=False):
         i, j = divmod(position, width)
@@ -335,7 +336,7 @@ def generate(model: GatedPixelCNN, n: int, labels: Labels = None, options: Sampl
             # a known code: kept, and once a drawn code precedes it, weighed by how likely the prior finds it
             code = known.codes[i, j].to(device).expand(n)  # type: ignore[union-attr]
             if drawn_any:
-                log_weight += log_probs(logits, options)[:, code[0]]
+                log_weight += log_probs(logits, weighing)[:, code[0]]
         else:
             # guide, scale by the temperature, truncate to top-k and top-p, and draw one code per grid
             code = draw(log_probs(logits, options), generator)

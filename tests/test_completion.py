@@ -13,7 +13,7 @@ from vqgen.engine.errors import UsageError
 from vqgen.stage2_prior.completion import complete, effective_sample_size, known_first
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.model import GatedPixelCNN
-from vqgen.stage2_prior.sampling import Known, generate
+from vqgen.stage2_prior.sampling import Known, SamplingOptions, generate
 
 K, GRID = 3, (2, 3)
 
@@ -64,6 +64,18 @@ def test_a_mask_that_is_not_a_prefix_completes_from_the_exact_conditional(model:
     assert resampled < 0.05, f"importance resampling is {resampled:.3f} from the exact conditional"
     assert ignored > 3 * resampled and ignored > 0.15, f"the naive method is only {ignored:.3f} away"
     assert 0 < result.effective_sample_size <= result.proposals
+
+
+def test_known_codes_outside_the_top_k_still_weigh_their_proposals(model: GatedPixelCNN) -> None:
+    """Top-k shapes the drawn codes only: a known code the truncation would never draw is data, so every
+    proposal keeps a finite weight and the completions keep the known codes (top-1 here, so the
+    holes are the argmax codes and most known codes lie outside the top k)."""
+    codes = torch.tensor([[2, 0, 1], [0, 2, 1]])
+    unknown = torch.tensor([[False, True, False], [True, False, False]])
+    result = complete(model, codes, unknown, 8, options=SamplingOptions(top_k=1),
+                      generator=torch.Generator().manual_seed(0), progress=False)
+    assert (result.codes.flatten(1)[:, ~unknown.flatten()] == codes.flatten()[~unknown.flatten()]).all()
+    assert result.effective_sample_size >= 1.0
 
 
 def test_a_kept_top_band_is_exact_by_plain_sampling(model: GatedPixelCNN) -> None:
