@@ -111,7 +111,7 @@ def _add_eval(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-p", dest="top_ps", type=_top_p, nargs="+", default=defaults.top_ps, metavar="P",
                        help="top-p (nucleus) values to score, 'none' for all codes")
     group.add_argument("--guidance", dest="guidances", type=_guidance, nargs="+", default=defaults.guidances,
-                       metavar="S", help="guidance scales to score (default: 1, 1.5 and 2 for a prior trained "
+                       metavar="S", help="guidance scales to score (default: 1, 1.5, 2 and 3 for a prior trained "
                                          "with label dropout, else 1)")
     group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the samples (and of the held-out choice when unlabelled)")
 

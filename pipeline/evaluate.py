@@ -60,7 +60,7 @@ N_PER_CLASS = 50
 GRID_PER_CLASS = 10
 TOP_K_SHARE = 8        # default truncations: all codes, top-k K/8, or top-p TOP_P
 TOP_P = 0.9
-GUIDANCE = (1.0, 1.5, 2.0)  # default guidance scales for a prior with a null class
+GUIDANCE = (1.0, 1.5, 2.0, 3.0)  # default guidance scales for a prior with a null class (3 won on CIFAR-10)
 SETTING_KEYS = ("temperature", "top_k", "top_p", "guidance")
 
 
@@ -71,7 +71,7 @@ class EvalOptions:
     Truncations: with neither `top_ks` nor `top_ps` given, all codes, top-k K/8 (as a share of K the same
     grid suits any codebook) and top-p 0.9, three ways of cutting off the rare codes that make broken
     strokes at little cost in diversity; with either given, every top-k with every top-p (None: no
-    truncation). `guidances=None` means 1, 1.5 and 2 for a prior trained with a null class, else 1.
+    truncation). `guidances=None` means 1, 1.5, 2 and 3 for a prior trained with a null class, else 1.
     `n_per_class=None` means 50, or more where needed to reach MIN_IMAGES per set."""
 
     n_per_class: int | None = None

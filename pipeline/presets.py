@@ -105,10 +105,10 @@ def _color() -> RunPreset:
     steps are what the budget leaves: at 256 positions a grid a step costs about 4x an 8 x 8 one."""
     return RunPreset(
         vqvae=VQVAEConfig.small(hidden=128, res_hidden=64, code_dim=64, codebook_size=512),
-        vqvae_train=TrainConfig(steps=2500, batch_size=64, lr=1e-3, precision="auto", eval_every=500,
+        vqvae_train=TrainConfig(steps=2200, batch_size=64, lr=1e-3, precision="auto", eval_every=500,
                                 checkpoint_every=500),
         prior=PriorConfig.small(layers=12),
-        prior_train=TrainConfig(steps=1000, batch_size=64, lr=2e-3, precision="auto", ema=0.999, eval_every=500,
+        prior_train=TrainConfig(steps=950, batch_size=64, lr=2e-3, precision="auto", ema=0.999, eval_every=500,
                                 checkpoint_every=250),
         flip=True)
 

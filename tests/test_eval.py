@@ -54,7 +54,7 @@ def test_run_with_eval_writes_eval_json_of_the_documented_shape(evaluated: Path)
     assert json.loads((evaluated / "prior" / "config.json").read_text())["codebook_size"] == 64
     assert settings_of(report["selection"]) == [(t, k, p, g) for t in (0.9, 1.0, 1.1)  # all codes, K/8, top-p 0.9
                                                 for k, p in ((None, None), (8, None), (None, 0.9))
-                                                for g in (1.0, 1.5, 2.0)]
+                                                for g in (1.0, 1.5, 2.0, 3.0)]
     for scores in [report["real"], report["reconstructions"], *report["selection"], report["chosen"]]:
         assert all(0.0 <= scores[k] <= 1.0 for k in ("class_accuracy", "precision", "recall"))
         assert scores["frechet"] >= -1e-6
@@ -168,7 +168,7 @@ def test_default_settings_scale_top_k_with_the_codebook_and_guide_only_with_a_nu
     guided, plain = PriorConfig.small(codebook_size=512, num_classes=10), PriorConfig.small(codebook_size=512)
     as_tuples = lambda settings: [(s.temperature, s.top_k, s.top_p, s.guidance) for s in settings]  # noqa: E731
     assert as_tuples(EvalOptions(temperatures=(1.0,)).settings(guided)) == [
-        (1.0, k, p, g) for k, p in ((None, None), (64, None), (None, 0.9)) for g in (1.0, 1.5, 2.0)]
+        (1.0, k, p, g) for k, p in ((None, None), (64, None), (None, 0.9)) for g in (1.0, 1.5, 2.0, 3.0)]
     assert as_tuples(EvalOptions(temperatures=(1.0,)).settings(plain)) == [
         (1.0, None, None, 1.0), (1.0, 64, None, 1.0), (1.0, None, 0.9, 1.0)]
     assert as_tuples(EvalOptions(temperatures=(0.5,), top_ks=(3, None), top_ps=(0.8,)).settings(plain)) == [

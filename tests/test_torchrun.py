@@ -19,6 +19,12 @@ REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 240  # a job whose ranks wait on each other forever fails here instead of hanging the suite
 
 
+
+def failure(done: subprocess.CompletedProcess) -> str:
+    """What a failed torchrun printed: its error lines from any rank (progress bars carry none), then its tail."""
+    errors = [line for line in done.stderr.splitlines() if "rror" in line or "raceback" in line or "terminate" in line]
+    return "\n".join(errors[:40]) + "\n...\n" + done.stderr[-1500:]
+
 def torchrun(*args: str | Path) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "vqgen", *map(str, args)]
@@ -40,7 +46,7 @@ def job(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> tuple[Path, s
 
 def test_vqgen_run_finishes_under_torchrun_with_every_file(job: tuple[Path, subprocess.CompletedProcess]) -> None:
     out, done = job
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, failure(done)
     report = json.loads((out / "report.json").read_text())
     assert report["vqvae"]["setup"]["processes"] == report["prior"]["setup"]["processes"] == 2
     assert report["eval"]["chosen"]["frechet"] >= 0 and report["eval"]["classification_accuracy_score"]
@@ -67,7 +73,7 @@ def test_stage_commands_run_under_torchrun(job: tuple[Path, subprocess.Completed
              ("eval", "--run-dir", out, "--temperature", "1", "--guidance", "1", "--device", "cpu")]
     for args in steps:
         done = torchrun(*args)
-        assert done.returncode == 0, (args[0], done.stderr[-3000:])
+        assert done.returncode == 0, (args[0], failure(done))
     assert np.load(tmp_path / "samples" / "codes.npy").shape == (4, 4, 4)
     assert json.loads((tmp_path / "latents" / "train" / "manifest.json").read_text())["count"] == 48
 
