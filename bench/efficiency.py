@@ -43,7 +43,7 @@ from vqgen.stage2_prior.model import GatedPixelCNN
 from vqgen.stage2_prior.train import train_prior
 
 BATCH = 64
-SHAPES = {1: DataShape(1, 28, 28, 60000), 3: DataShape(3, 32, 32, 45000)}  # MNIST-like, CIFAR-like
+SHAPES = (DataShape(1, 28, 28, 60000), DataShape(3, 32, 32, 45000))  # MNIST-like, CIFAR-like
 
 
 def bare_flops_per_s(model: nn.Module, batches: list[tuple[torch.Tensor, ...]],
@@ -121,7 +121,7 @@ def cases(quick: bool) -> list[tuple[str, Callable[..., dict[str, Any]], Any]]:
         return [("default", vqvae_case, VQVAEConfig.tiny()),
                 ("default", prior_case, PriorConfig.tiny(num_classes=10, label_dropout=0.0))]
     out: list[tuple[str, Callable[..., dict[str, Any]], Any]] = []
-    for shape in SHAPES.values():
+    for shape in SHAPES:
         preset = default(shape)
         vqvae = preset.vqvae
         grid = vqvae.grid

@@ -4,9 +4,9 @@ The habit of large-model training (model FLOPs utilisation, as nanoGPT prints it
 for the machines vqgen runs on: the FLOPs of one training step (forward and backward) are counted
 once, at setup, by torch's flop counter on a copy of the model (so the count has no side effects on
 the run: no EMA update, no random draw), and the reference is a dense matrix product of the run's
-dtype timed on the same device and threads (on CPU, the faster of it and a dense convolution). Their ratio, the share, says how much of the machine's
-practical peak the step reaches; the rest goes to memory-bound work (gates, normalisation,
-elementwise maps), small kernels and the framework.
+dtype timed on the same device and threads (on CPU, the faster of it and a dense convolution). Their
+ratio, the share, says how much of the machine's practical peak the step reaches; the rest goes to
+memory-bound work (gates, normalisation, elementwise maps), small kernels and the framework.
 """
 
 from __future__ import annotations

@@ -19,11 +19,11 @@ REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 240  # a job whose ranks wait on each other forever fails here instead of hanging the suite
 
 
-
 def failure(done: subprocess.CompletedProcess) -> str:
     """What a failed torchrun printed: its error lines from any rank (progress bars carry none), then its tail."""
     errors = [line for line in done.stderr.splitlines() if "rror" in line or "raceback" in line or "terminate" in line]
     return "\n".join(errors[:40]) + "\n...\n" + done.stderr[-1500:]
+
 
 def torchrun(*args: str | Path) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
