@@ -1,7 +1,11 @@
-"""Model directories: config.json (config + kind + version) beside model.pt (state dict only).
+"""Model directories: config.json (config + kind + version) beside model.safetensors (the weights).
 
 `from_pretrained(dir)` rebuilds a model from the directory alone, so nobody repeats model flags
-at sampling time (STYLE.md, rule 2).
+at sampling time (STYLE.md, rule 2); `dir` may also be a Hugging Face Hub id (engine/hub.py).
+Weights are safetensors, the field's format, which holds tensors only, so loading runs no code;
+directories written before it hold model.pt (a state dict read with torch.load(weights_only=True))
+and still load. A save writes model.safetensors, then removes such an old model.pt, so the
+directory never offers two sets of weights (and the newer one is preferred in between).
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from torch import nn
 
 from vqgen.engine.configs import config_from_dict, config_to_dict
 from vqgen.engine.errors import VQGenError
-from vqgen.engine.files import load_tensors, read_json, save_tensors, write_json
+from vqgen.engine.files import load_safetensors, load_tensors, read_json, save_safetensors, write_json
+from vqgen.engine.hub import local_folder
 
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.pt"
+WEIGHTS_FILE = "model.safetensors"
+LEGACY_WEIGHTS_FILE = "model.pt"  # written by vqgen before safetensors: torch.save of the state dict
 
 M = TypeVar("M", bound="Pretrained")
 
@@ -53,6 +59,27 @@ def write_config(directory: str | Path, kind: str, config: Any, version: int = 1
     write_json(Path(directory) / CONFIG_FILE, {"kind": kind, "version": version, **config_to_dict(config)})
 
 
+def weights_path(directory: str | Path) -> Path:
+    """The weights file of a model directory: model.safetensors, else an older run's model.pt (the name
+    model.safetensors when neither is there, so a missing file is reported under today's name)."""
+    directory = Path(directory)
+    legacy = directory / LEGACY_WEIGHTS_FILE
+    return legacy if legacy.exists() and not (directory / WEIGHTS_FILE).exists() else directory / WEIGHTS_FILE
+
+
+def save_weights(directory: str | Path, state: dict[str, torch.Tensor]) -> None:
+    """model.safetensors, atomically; then an older model.pt beside it goes (it no longer matches)."""
+    directory = Path(directory)
+    save_safetensors(directory / WEIGHTS_FILE, state)
+    (directory / LEGACY_WEIGHTS_FILE).unlink(missing_ok=True)
+
+
+def load_weights(directory: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
+    """The state dict of a model directory, from whichever weights file `weights_path` finds."""
+    path = weights_path(directory)
+    return load_tensors(path, what) if path.name == LEGACY_WEIGHTS_FILE else load_safetensors(path, what)
+
+
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict with a message that says the weights and the config disagree."""
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -65,7 +92,11 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
 
 
 class Pretrained:
-    """Mixin for models: `save_pretrained(dir)` and `from_pretrained(dir)` round-trip exactly."""
+    """Mixin for models: `save_pretrained(dir)` and `from_pretrained(dir)` round-trip exactly.
+
+    `from_pretrained` takes a local folder or a Hub id ("owner/name[@revision]", downloaded and cached by
+    huggingface_hub), and `subfolder` for a repo of several models, such as one `vqgen export-model`
+    writes (vqvae/ and prior/)."""
 
     kind: ClassVar[str]
     config_class: ClassVar[type]
@@ -73,8 +104,7 @@ class Pretrained:
     config: Any
 
     def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        save_tensors(directory / WEIGHTS_FILE, unwrap(self).state_dict())
+        save_weights(directory, unwrap(self).state_dict())
         write_config(directory, self.kind, self.config, self.version)
 
     @classmethod
@@ -82,9 +112,8 @@ class Pretrained:
         return read_config(directory, cls.kind, cls.config_class, cls.version)
 
     @classmethod
-    def from_pretrained(cls: type[M], directory: str | Path) -> M:
-        directory = Path(directory)
+    def from_pretrained(cls: type[M], source: str | Path, subfolder: str | None = None) -> M:
+        directory = local_folder(source, subfolder)
         model = cls(cls.load_config(directory))
-        state = load_tensors(directory / WEIGHTS_FILE, what=f"{cls.kind} weights")
-        load_state_into(model, state, str(directory / WEIGHTS_FILE))
+        load_state_into(model, load_weights(directory, what=f"{cls.kind} weights"), str(weights_path(directory)))
         return model.eval()

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 
 from vqgen.engine.errors import VQGenError
@@ -98,6 +100,28 @@ def load_tensors(path: str | Path, what: str = "checkpoint") -> Any:
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise VQGenError(f"{what} {path} is truncated or corrupt ({type(err).__name__}); "
                          "re-create it or restore it from a backup") from err
+
+
+def save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    """A flat dict of tensors as a safetensors file (the field's weights format: no code runs on load).
+
+    safetensors stores dense row-major tensors only, so channels-last weights are packed first; the
+    model's own layout is restored when the state dict is loaded into it.
+    """
+    packed = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(packed, str(tmp), metadata={"format": "pt"}))
+
+
+def load_safetensors(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, on the CPU; a corrupt or foreign file is one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise VQGenError(f"{what} not found: {path}")
+    try:
+        return safetensors.torch.load_file(str(path), device="cpu")
+    except (safetensors.SafetensorError, OSError, ValueError) as err:
+        raise VQGenError(f"{what} {path} is not a readable safetensors file ({err}); it is truncated, corrupt "
+                         "or not a weights file: re-create it or restore it from a backup") from None
 
 
 @contextlib.contextmanager

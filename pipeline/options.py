@@ -46,7 +46,8 @@ HELP = {
     "checkpoint_every": "steps between checkpoints",
     "warmup": "steps of linear learning-rate warm-up (0: none)",
     "schedule": "learning rate after warm-up: constant, or cosine decay to 0 at the last step",
-    "ema": "decay of an exponential moving average of the weights, used for eval and saved as model.pt (0: off)",
+    "ema": "decay of an exponential moving average of the weights, used for eval and saved as the model's weights "
+           "(0: off)",
     "channels": "channels of each PixelCNN stack",
     "layers": "gated layers",
     "first_kernel": "kernel size of the first (mask A) layer",

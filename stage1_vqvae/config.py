@@ -1,4 +1,4 @@
-"""VQVAEConfig: everything needed to rebuild a VQ-VAE, saved as config.json beside model.pt."""
+"""VQVAEConfig: everything needed to rebuild a VQ-VAE, saved as config.json beside model.safetensors."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from vqgen.engine.batches import make_loader
-from vqgen.engine.checkpoint import WEIGHTS_FILE
+from vqgen.engine.checkpoint import weights_path
 from vqgen.data.images import BatchedImages
 from vqgen.data.latents import LatentManifest, LatentWriter
 from vqgen.engine.distributed import Dist, barrier, on_main
@@ -49,7 +49,7 @@ def export_latents(model: VQVAE, data: BatchedImages, out: str | Path, vqvae_dir
         count=len(data), grid=model.config.grid, codebook_size=model.config.codebook_size,
         num_classes=info.num_classes if data.labels is not None else None, source=info.source(),
         vqvae={"path": str(vqvae_dir) if vqvae_dir else None,
-               "sha256": file_sha256(Path(vqvae_dir) / WEIGHTS_FILE) if vqvae_dir else None})
+               "sha256": file_sha256(weights_path(vqvae_dir)) if vqvae_dir else None})
     writer = LatentWriter(out, manifest)
     with exclusive(writer.tmp.with_name(f".{writer.target.name}.lock"), f"the export to {out}", ctx):
         on_main(ctx, lambda: writer.create(model.quantizer.codebook_vectors().float().cpu().numpy()))

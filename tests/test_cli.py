@@ -60,8 +60,8 @@ def test_run_then_run_again_does_no_work(tmp_path: Path, folder: Path, capsys: p
     assert "bits_per_code" in report["prior"]["eval"] and "psnr" in report["vqvae"]["eval"]
     for name in ("curves.png", "samples/grid.png", "vqvae/reconstructions.png"):
         assert (out / name).exists(), name
-    watched = [out / "vqvae" / "model.pt", out / "prior" / "model.pt", out / "latents" / "train" / "codes.npy",
-               out / "samples" / "codes.npy"]
+    watched = [out / "vqvae" / "model.safetensors", out / "prior" / "model.safetensors",
+               out / "latents" / "train" / "codes.npy", out / "samples" / "codes.npy"]
     before = [p.stat().st_mtime_ns for p in watched]
     assert vqgen("run", "--data", folder, "--out", out, *TINY_RUN) == 0
     assert [p.stat().st_mtime_ns for p in watched] == before

@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from vqgen.data.builtin import make_builtin
+from vqgen.engine.files import load_safetensors
 from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.distributed import Dist, init_distributed
 from vqgen.engine.runtime import seed_everything
@@ -101,7 +102,7 @@ def test_two_processes_match_one_with_the_same_global_batch(runs: tuple[Path, Pa
 
 
 def test_checkpoint_is_saved_unwrapped(runs: tuple[Path, Path]) -> None:
-    state = torch.load(runs[1] / "vqvae" / "model.pt", weights_only=True)
+    state = load_safetensors(runs[1] / "vqvae" / "model.safetensors")
     assert not any(k.startswith("module.") for k in state)
 
 

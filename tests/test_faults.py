@@ -117,7 +117,7 @@ def test_unwritable_checkpoint_path_keeps_the_last_good_checkpoint(tmp_path: Pat
     real = files.tempfile.mkstemp
 
     def disk_full_after_first_checkpoint(*args, **kwargs):
-        if (out / "model.pt").exists() and str(out) in str(kwargs.get("dir", "")):
+        if (out / "model.safetensors").exists() and str(out) in str(kwargs.get("dir", "")):
             raise OSError(28, "No space left on device")
         return real(*args, **kwargs)
 

@@ -158,5 +158,5 @@ def test_training_into_an_out_directory_in_use_is_refused(folder: Path, tmp_path
         for command, (process, out) in processes.items():
             code, _, err = finish(process)
             assert_refused(code, err, command, out, os.getpid())
-            written = {"config.json", "train_config.json", "metrics.jsonl", "state.pt", "model.pt"}
+            written = {"config.json", "train_config.json", "metrics.jsonl", "state.pt", "model.safetensors"}
             assert not written & {p.name for p in out.iterdir()}, command  # the holder's files are left alone

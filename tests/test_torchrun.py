@@ -55,7 +55,7 @@ def test_vqgen_run_finishes_under_torchrun_with_every_file(job: tuple[Path, subp
         assert np.load(out / "latents" / split / "codes.npy").shape == (manifest["count"], 4, 4)
     with Image.open(out / "samples" / "grid.png") as grid:
         assert grid.size[0] > 16
-    assert (out / "judge" / "model.pt").exists() and (out / "prior" / "sampling.json").exists()
+    assert (out / "judge" / "model.safetensors").exists() and (out / "prior" / "sampling.json").exists()
     assert done.stdout.count("run finished in") == 1  # rank 0 reports; rank 1 keeps quiet
     assert vqgen_frames(done.stderr) == []
 
