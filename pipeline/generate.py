@@ -13,6 +13,7 @@ from vqgen.engine.configs import config_from_dict
 from vqgen.engine.errors import UsageError, VQGenError
 from vqgen.engine.files import read_json, save_array, write_json
 from vqgen.engine.grids import save_grid
+from vqgen.engine.hub import local_folder
 from vqgen.engine.runtime import pick_device
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage2_prior.completion import Completion
@@ -23,6 +24,7 @@ from vqgen.stage2_prior.sampling import sample as sample_codes
 
 
 SAMPLING_FILE = "sampling.json"
+VQVAE_FOLDER, PRIOR_FOLDER = "vqvae", "prior"  # the two models of a run directory or an exported model folder
 
 
 def save_sampling(options: SamplingOptions, prior_dir: str | Path) -> None:
@@ -73,8 +75,17 @@ class Generator:
         self.defaults = defaults
 
     @classmethod
-    def from_pretrained(cls, vqvae_dir: str | Path, prior_dir: str | Path, device: str = "auto") -> "Generator":
-        """Both models, and the prior's saved sampling defaults (sampling.json) when it has them."""
+    def from_pretrained(cls, vqvae_dir: str | Path, prior_dir: str | Path | None = None,
+                        device: str = "auto") -> "Generator":
+        """Both models, and the prior's saved sampling defaults (sampling.json) when it has them.
+
+        Each directory may be a local folder or a Hugging Face Hub id ("owner/name[@revision]"). With
+        `prior_dir` None, `vqvae_dir` is one folder or repo holding both, as `vqgen export-model` writes
+        it: `Generator.from_pretrained("owner/vqgen-mnist")` reads its vqvae/ and prior/."""
+        if prior_dir is None:
+            root = local_folder(vqvae_dir)
+            vqvae_dir, prior_dir = root / VQVAE_FOLDER, root / PRIOR_FOLDER
+        prior_dir = local_folder(prior_dir)
         return cls(VQVAE.from_pretrained(vqvae_dir), GatedPixelCNN.from_pretrained(prior_dir), device,
                    load_sampling(prior_dir))
 
