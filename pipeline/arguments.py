@@ -18,6 +18,7 @@ from vqgen.engine.trainer import TrainConfig
 from vqgen.pipeline.evaluate import MIN_IMAGES, N_PER_CLASS, EvalOptions
 from vqgen.pipeline.options import add_config_options
 from vqgen.pipeline.presets import RUN_PRESETS
+from vqgen.pipeline.standard_fid import FID_SAMPLES
 from vqgen.stage1_vqvae.config import PRESETS as VQVAE_PRESETS
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage2_prior.completion import PROPOSALS_PER_COMPLETION
@@ -145,7 +146,8 @@ def _add_tensorboard(parser: argparse.ArgumentParser, where: str) -> None:
 
 def _train_vqvae_arguments(p: argparse.ArgumentParser) -> None:
     _add_data(p)
-    p.add_argument("--out", required=True, type=Path, help="VQ-VAE directory (config.json, model.pt, state.pt)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="VQ-VAE directory (config.json, model.safetensors, state.pt)")
     p.add_argument("--preset", default="small", choices=sorted(VQVAE_PRESETS), help="model preset (default: small)")
     p.add_argument("--eval-images", type=_positive("--eval-images"), default=2000, help="held-out images per eval")
     add_config_options(p, VQVAEConfig, skip=IMAGE_FIELDS, title="VQ-VAE options")
@@ -216,9 +218,29 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="run directory (the --out of `vqgen run`); under torchrun write --run-dir, as torchrun "
                         "reads --run as its own --run-path")
     _add_eval(p)
+    _add_standard_fid(p)
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
     _add_tensorboard(p, "RUN/tensorboard (judge/, eval/)")
 
+
+def _add_standard_fid(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("standard FID (needs pip install 'vqgen[fid]')")
+    group.add_argument("--fid", action="store_true",
+                       help="also compute the Inception-v3 FID, KID and Inception Score of --fid-samples samples "
+                            "against the train split, as papers report them (torch-fidelity), into eval.json's "
+                            "standard_fid")
+    group.add_argument("--fid-samples", type=_positive("--fid-samples"), default=FID_SAMPLES, metavar="N",
+                       help=f"samples, spread over the classes (default: {FID_SAMPLES:,}, as papers use)")
+    group.add_argument("--fid-weights", type=Path, metavar="PATH",
+                       help="a local copy of torch-fidelity's Inception weights (weights-inception-2015-12-05-"
+                            "6726825d.pth), for a machine that cannot download them")
+
+
+def _export_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", "--run-dir", dest="run", required=True, type=Path, help="a finished run directory")
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder to create: vqvae/, prior/, README.md (the model card), samples.png; upload it with "
+                        "`hf upload OWNER/NAME OUT`")
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
@@ -236,7 +258,8 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
                         "grid's other options stay as eval chose them")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="train both stages on the train split and its horizontal mirror images, which doubles "
-                        "the prior's grids (default: the preset's; on for color images)")
+                        "the prior's grids (default: the preset's: on for color images in --preset default, off in quick "
+                        "and paper and for grayscale images)")
     p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=None,
                    help="run `vqgen eval` after training (default: on, except for --preset quick)")
     _add_tensorboard(p, "RUN/tensorboard, a sub-run per stage (vqvae/, prior/, judge/, eval/, samples/)")
@@ -257,6 +280,8 @@ COMMAND_ARGUMENTS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None
     "sample": ("sample images from a trained prior and VQ-VAE", _sample_arguments),
     "complete": ("complete a partly given image: keep part of it, sample the rest", _complete_arguments),
     "eval": ("score a run's samples and reconstructions against real held-out images", _eval_arguments),
+    "export-model": ("write a run's two models and a model card into a folder, ready to share on the Hub",
+                     _export_model_arguments),
     "run": ("train both stages, export, evaluate, sample and report, resuming where it stopped", _run_arguments),
 }
 

@@ -135,12 +135,29 @@ def _complete(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from vqgen.pipeline.evaluate import evaluate_run
+    from vqgen.pipeline.standard_fid import describe, inception_weights, require_torch_fidelity, standard_fid
 
     options = EvalOptions(n_per_class=args.n_per_class, temperatures=tuple(args.temperatures),
                           top_ks=args.top_ks and tuple(args.top_ks), top_ps=args.top_ps and tuple(args.top_ps),
                           guidances=args.guidances and tuple(args.guidances), seed=args.seed, device=args.device)
+    if args.fid and launched_as_main():  # the package and the weights, before minutes of work
+        require_torch_fidelity()
+        args.fid_weights = inception_weights(args.fid_weights)
     report = evaluate_run(args.run, options, tensorboard=_tensorboard_dir(args, args.run))
-    _say("\n".join(summary(report)) + f"\nwritten to {args.run / 'eval.json'}")
+    _say("\n".join(summary(report)))
+    if args.fid and launched_as_main():  # under torchrun rank 0 alone samples and scores
+        _say(describe(standard_fid(args.run, args.fid_samples, args.fid_weights, args.device, args.seed)))
+    _say(f"written to {args.run / 'eval.json'}")
+
+
+def _export_model(args: argparse.Namespace) -> None:
+    from vqgen.pipeline.export_model import export_model
+
+    if not launched_as_main():  # under torchrun rank 0 writes the folder alone
+        return
+    out = export_model(args.run, args.out)
+    print(f"model folder written to {out} (vqvae/, prior/, README.md); load it with "
+          f"vqgen.Generator.from_pretrained({str(out)!r}), or share it with `hf upload OWNER/NAME {out}`")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -176,7 +193,7 @@ def _run_summary(out: Path, report: dict[str, Any]) -> str:
 
 
 COMMANDS = {"train-vqvae": _train_vqvae, "export": _export, "train-prior": _train_prior,
-            "sample": _sample, "complete": _complete, "eval": _eval, "run": _run}
+            "sample": _sample, "complete": _complete, "eval": _eval, "export-model": _export_model, "run": _run}
 
 
 def _rank_to_say(err: VQGenError) -> int | None:

@@ -1,0 +1,124 @@
+"""The model card of an exported run: README.md in the Hub's format, from what the run directory holds.
+
+The Hub reads the YAML front matter (library, tags, dataset) and shows the rest as the model's page;
+every figure comes from the run's own files (run.json, report.json, eval.json), so the card says what
+was measured, with the protocol, and nothing else. A folder dataset is named by its folder's name
+only: the card is meant to be published, and a local path says nothing to a reader.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vqgen.pipeline.spec import RunSpec
+from vqgen.stage1_vqvae.config import VQVAEConfig
+from vqgen.stage2_prior.config import PriorConfig
+
+# The Hub's copies of the torchvision datasets vqgen reads by name, for the card's `datasets:` field.
+HUB_DATASETS = {"mnist": "ylecun/mnist", "fashion-mnist": "zalando-datasets/fashion_mnist",
+                "cifar10": "uoft-cs/cifar10"}
+SAMPLES_FILE = "samples.png"
+
+
+def dataset_name(spec: RunSpec) -> str:
+    """"mnist", "the built-in digits", or a folder's own name."""
+    if spec.data == "builtin":
+        return "the built-in digits"
+    return spec.data if spec.data in HUB_DATASETS else f"the image folder {Path(spec.data).name!r}"
+
+
+def front_matter(spec: RunSpec, conditional: bool) -> str:
+    """The YAML block the Hub reads: library, pipeline, tags and, for a known dataset, its Hub id."""
+    tags = ["vqgen", "vq-vae", "pixelcnn", "image-generation"] + (["class-conditional"] if conditional else [])
+    lines = ["---", "library_name: vqgen", "pipeline_tag: unconditional-image-generation", "tags:"]
+    lines += [f"- {tag}" for tag in tags]
+    if spec.data in HUB_DATASETS:
+        lines += ["datasets:", f"- {HUB_DATASETS[spec.data]}"]
+    return "\n".join(lines + ["---"])
+
+
+def _data(spec: RunSpec, manifest: dict[str, Any]) -> list[str]:
+    channels, height, width = manifest["source"]["image_shape"]
+    classes = manifest["num_classes"]
+    return ["## Data", "",
+            f"Trained on the train split of {dataset_name(spec)}: {manifest['count']:,} images of {channels}x{height}x"
+            f"{width} (channels x height x width)" + (f", {classes} classes" if classes else ", unlabelled")
+            + (", horizontal mirror images included" if spec.flip else "") + "."]
+
+
+def _models(spec: RunSpec, vqvae: VQVAEConfig, prior: PriorConfig) -> list[str]:
+    return ["## Models", "",
+            "| stage | architecture | training |", "|---|---|---|",
+            f"| VQ-VAE | {vqvae.downsamples} downsamplings, hidden {vqvae.hidden}, {vqvae.res_blocks} residual blocks, "
+            f"K={vqvae.codebook_size} codes of D={vqvae.code_dim} ({vqvae.quantizer} quantizer), "
+            f"{vqvae.grid[0]}x{vqvae.grid[1]} code grid | {spec.vqvae_train.steps} steps, batch "
+            f"{spec.vqvae_train.batch_size}, lr {spec.vqvae_train.lr:g} |",
+            f"| gated PixelCNN prior | {prior.layers} layers of {prior.channels} channels, "
+            f"{prior.num_classes or 'no'} classes, label dropout {prior.label_dropout:g} | "
+            f"{spec.prior_train.steps} steps, batch {spec.prior_train.batch_size}, lr {spec.prior_train.lr:g}, "
+            f"weight average {spec.prior_train.ema:g} |"]
+
+
+def _score_row(name: str, scores: dict[str, Any], floor: float) -> str:
+    accuracy = "n/a" if scores["class_accuracy"] is None else f"{scores['class_accuracy']:.1%}"
+    return (f"| {name} | {scores['frechet']:.2f} | {scores['frechet'] / floor:.1f}x | {accuracy} | "
+            f"{scores['precision']:.2f} | {scores['recall']:.2f} |")
+
+
+def _evaluation(report: dict[str, Any], figures: dict[str, Any] | None) -> list[str]:
+    likelihood = (f"Likelihood: {report['likelihood']['bits_per_dim']:.3f} bits/dim (two-stage bound on "
+                  f"{report['likelihood']['images']} held-out images); the prior "
+                  f"{report['prior']['eval']['bits_per_code']:.3f} bits per code.")
+    if not figures:
+        return ["## Evaluation", "", likelihood, "", "Samples were not scored (`vqgen eval` was not run)."]
+    chosen, floor = figures["chosen"], figures["real"]["frechet"]
+    setting = (f"T={chosen['temperature']:g}, top-k {chosen['top_k'] or 'all'}, top-p {chosen['top_p'] or 'all'}, "
+               f"guidance {chosen['guidance']:g}")
+    lines = ["## Evaluation", "", likelihood, "",
+             f"`vqgen eval`: {figures['n']} images per set, each scored against {figures['reference']} real held-out "
+             f"images, on the features of a judge CNN trained on this dataset ({figures['judge']['task']}, test "
+             f"accuracy {figures['judge']['test_accuracy']:.1%}). These Frechet distances are not Inception FIDs "
+             "and do not compare with papers' figures; the real held-out images are their floor.", "",
+             "| set | Frechet (judge) | x real | class accuracy | precision | recall |", "|---|---|---|---|---|---|",
+             _score_row("real held-out (floor)", figures["real"], floor),
+             _score_row("reconstructions", figures["reconstructions"], floor),
+             _score_row(f"samples, {setting}", chosen, floor)]
+    cas = figures.get("classification_accuracy_score")
+    if cas:
+        lines += ["", f"Classification accuracy score: a classifier trained on {cas['images']} samples scores "
+                      f"{cas['samples']:.1%} on real test images ({cas['real']:.1%} trained on as many real images)."]
+    return lines + _standard_fid(figures.get("standard_fid"))
+
+
+def _standard_fid(fid: dict[str, Any] | None) -> list[str]:
+    if not fid:
+        return []
+    return ["", f"Standard FID ({fid['feature_extractor']}, {fid['library']}): {fid['fid']:.2f} for {fid['samples']:,} "
+                f"samples against the {fid['reference']}; KID {fid['kid_mean']:.4f} +- {fid['kid_std']:.4f}; "
+                f"Inception Score {fid['inception_score_mean']:.2f} +- {fid['inception_score_std']:.2f}."]
+
+
+def _usage(conditional: bool, has_samples: bool) -> list[str]:
+    sample = "generator.sample(16, labels=3)" if conditional else "generator.sample(16)"
+    lines = ["## Use", "", "```python", "import vqgen", "",
+             'generator = vqgen.Generator.from_pretrained("OWNER/NAME")  # this repo, or a local copy of this folder',
+             f"samples = {sample}  # .images: (16, C, H, W) in [0, 1]", "```", "",
+             "Reading a Hub id needs `pip install 'vqgen[hub]'`. The prior samples at the setting `vqgen eval` chose "
+             "(prior/sampling.json) unless told otherwise. Files: vqvae/ and prior/, each a config.json and a "
+             "model.safetensors."]
+    return lines + (["", f"![samples]({SAMPLES_FILE})", "", "Samples of the run" +
+                     (", a row per class." if conditional else ".")] if has_samples else [])
+
+
+def model_card(spec: RunSpec, report: dict[str, Any], figures: dict[str, Any] | None, vqvae: VQVAEConfig,
+               prior: PriorConfig, has_samples: bool) -> str:
+    """README.md of an exported run: front matter, what it is, data, models, figures, how to load it."""
+    conditional = bool(prior.num_classes)
+    title = [f"# vqgen: VQ-VAE and gated PixelCNN prior on {dataset_name(spec)}", "",
+             "A two-stage discrete-latent image generator (van den Oord et al. 2017, \"Neural Discrete Representation "
+             "Learning\", arXiv 1711.00937; gated PixelCNN of arXiv 1606.05328), trained and exported with vqgen "
+             "(`vqgen run`, then `vqgen export-model`)."]
+    sections = [title, _usage(conditional, has_samples), _data(spec, report["export"]["train"]["manifest"]),
+                _models(spec, vqvae, prior), _evaluation(report, figures)]
+    return "\n\n".join([front_matter(spec, conditional)] + ["\n".join(s) for s in sections]) + "\n"
