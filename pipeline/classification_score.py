@@ -9,7 +9,7 @@ sees both failures: samples that do not look like their class, and samples that 
 of it. The same training on as many real train images is the ceiling.
 
 Both classifiers are the judge's architecture (pipeline/judge.py) trained by its recipe for a fixed
-CAS_STEPS steps, on CAS_IMAGES images spread over the classes.
+CAS_STEPS steps, on CAS_IMAGES images drawn at random within each class and spread over the classes.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def classification_accuracy_score(generator: Generator, options: SamplingOptions
     labels = generator.spread_labels(count)
     drawn = generator.sample_with(count, labels, options, seed, progress)
     samples = _as_dataset(drawn.images, labels, train.info, "samples")
-    rows = spread_rows(train.labels, len(train), count)
+    rows = spread_rows(train.labels, len(train), count, seed)
     real = _as_dataset(*train.__getitems__(rows), train.info, "real")
     config = JudgeConfig.for_data(train.info, labelled=True)
     shutil.rmtree(out_dir / "samples", ignore_errors=True)  # drawn anew at each eval

@@ -14,9 +14,9 @@ n = 500 is about 0.2x the floor), so the chosen setting is reported on samples a
 played no part in choosing it. The real images may sit in the selection reference: they are only
 scored against the second reference.
 
-n = n_per_class x classes, the held-out images taken class by class (an unlabelled dataset counts as
-10 groups); the default n_per_class keeps n >= MIN_IMAGES, as 128-dimensional covariances from fewer
-images are biased. For a class-conditional prior eval also reports the classification accuracy score
+n = n_per_class x classes, the held-out images drawn at random within each class by the seed
+(data/rows.py; an unlabelled dataset is shuffled into 10 groups); the default n_per_class keeps
+n >= MIN_IMAGES, as 128-dimensional covariances from fewer images are biased. For a class-conditional prior eval also reports the classification accuracy score
 (pipeline/classification_score.py) of the chosen setting, which guidance cannot inflate.
 
 The chosen setting is saved beside the prior as its sampling defaults (pipeline/generate.py). With
@@ -37,6 +37,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from vqgen.data.images import BatchedImages
+from vqgen.data.rows import shuffled_classes
 from vqgen.engine.distributed import on_main, process_device
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import write_json
@@ -47,7 +48,7 @@ from vqgen.pipeline.classification_score import classification_accuracy_score
 from vqgen.pipeline.fidelity import NEIGHBOURS, fidelity
 from vqgen.pipeline.generate import Generator, save_sampling
 from vqgen.pipeline.judge import Judge, train_judge
-from vqgen.pipeline.spec import load_spec
+from vqgen.pipeline.spec import load_spec, require_run_dir
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.model import GatedPixelCNN
@@ -110,24 +111,35 @@ class HeldOut:
 
 
 def _groups(data: BatchedImages, seed: int) -> list[torch.Tensor]:
-    """Test rows by class; an unlabelled split is shuffled and cut into MIN_GROUPS groups."""
-    if data.labels is not None:
-        return [(data.labels == c).nonzero().flatten() for c in range(int(data.info.num_classes or 0))]
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    return list(order.tensor_split(MIN_GROUPS))
+    """Test rows by class, each in an order drawn by `seed` (data/rows.py: files are often ordered, so
+    the first rows of a class are not a sample of it); an unlabelled split is shuffled and cut into
+    MIN_GROUPS groups."""
+    classes = int(data.info.num_classes or 0) if data.labels is not None else None
+    return shuffled_classes(data.labels, len(data), seed, MIN_GROUPS, classes)
+
+
+def _per_group(sizes: list[int], n_per_class: int | None) -> int:
+    """Held-out images per class (or group) of each set, for groups of these sizes."""
+    wanted = n_per_class or max(N_PER_CLASS, math.ceil(MIN_IMAGES / len(sizes)))
+    per_group = min([wanted] + [size // 4 for size in sizes])
+    if per_group < 1 or per_group * len(sizes) <= NEIGHBOURS:
+        raise VQGenError(f"the test split is too small to evaluate: its smallest class (or group) has {min(sizes)} "
+                         f"images, and eval needs 4 held-out images per sample and more than {NEIGHBOURS} "
+                         "samples in all; add test images, or run without eval (--no-eval)")
+    return per_group
+
+
+def check_evaluable(data: BatchedImages, n_per_class: int | None = None) -> None:
+    """Refuse a test split too small to evaluate: `vqgen run` asks before any training, so that it fails in
+    seconds rather than after both stages have trained."""
+    _per_group([len(rows) for rows in _groups(data, seed=0)], n_per_class)
 
 
 def held_out(data: BatchedImages, n_per_class: int | None, seed: int) -> HeldOut:
-    """From every group: n_per_class real rows within 2 x n_per_class selection rows, and 2 x n_per_class
-    reference rows; fewer per group when the smallest group is short."""
+    """From every group, rows drawn at random by `seed`: n_per_class real rows within 2 x n_per_class
+    selection rows, and 2 x n_per_class reference rows; fewer per group when the smallest group is short."""
     groups = _groups(data, seed)
-    wanted = n_per_class or max(N_PER_CLASS, math.ceil(MIN_IMAGES / len(groups)))
-    per_group = min([wanted] + [len(rows) // 4 for rows in groups])
-    if per_group < 1 or per_group * len(groups) <= NEIGHBOURS:
-        smallest = min(len(rows) for rows in groups)
-        raise VQGenError(f"the test split is too small to evaluate: its smallest class (or group) has {smallest} "
-                         f"images, and eval needs 4 held-out images per sample and more than {NEIGHBOURS} "
-                         "samples in all; add test images")
+    per_group = _per_group([len(rows) for rows in groups], n_per_class)
     selection = torch.cat([rows[:2 * per_group] for rows in groups])
     real = torch.cat([rows[:per_group] for rows in groups])
     reference = torch.cat([rows[2 * per_group:4 * per_group] for rows in groups])
@@ -209,10 +221,12 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
 
     `data` is the run's (train, test) images when the caller has them open already; `tensorboard`, the
     run's TensorBoard directory, gets the judge's training and these figures as sub-runs judge/, eval/.
-    Under torchrun every rank trains the judge, then rank 0 alone scores (holding the run's lock).
+    Under torchrun every rank trains the judge, then rank 0 alone scores. It holds the run's lock and the
+    prior directory's, whose sampling.json it writes, so a `train-prior --out RUN/prior` is refused.
     """
     out, start = Path(out), time.perf_counter()
     ctx, _ = process_device(options.device)
+    require_run_dir(out)  # before the lock, which would create a directory where there is none
     with directory_lock(out, ctx):  # before any work: a run still being written is refused at once
         spec = load_spec(out)
         train, test = data or (spec.open_split("train", index_dir=out), spec.open_split("test", index_dir=out))
@@ -220,18 +234,19 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
         generator = Generator(VQVAE.from_pretrained(out / "vqvae"), GatedPixelCNN.from_pretrained(out / "prior"),
                               device=options.device)
         settings = options.settings(generator.prior.config)  # checked before the judge trains
-        judge, judge_accuracy = train_judge(train, test, out / "judge", options.device, progress,
-                                            sub_run(tensorboard, "judge"))
+        with directory_lock(out / "prior", ctx):  # sampling.json is written there
+            judge, judge_accuracy = train_judge(train, test, out / "judge", options.device, progress,
+                                                sub_run(tensorboard, "judge"))
 
-        def score() -> dict[str, Any]:
-            report = _score_run(out, options, settings, generator, judge.to(generator.device), train, test,
-                                progress, {"test_accuracy": judge_accuracy, "task": judge.config.task})
-            report["seconds"] = time.perf_counter() - start
-            write_json(out / EVAL_FILE, report)
-            save_sampling(SamplingOptions(*(report["chosen"][k] for k in SETTING_KEYS)), out / "prior")  # last
-            return report
+            def score() -> dict[str, Any]:
+                report = _score_run(out, options, settings, generator, judge.to(generator.device), train, test,
+                                    progress, {"test_accuracy": judge_accuracy, "task": judge.config.task})
+                report["seconds"] = time.perf_counter() - start
+                write_json(out / EVAL_FILE, report)
+                save_sampling(SamplingOptions(*(report["chosen"][k] for k in SETTING_KEYS)), out / "prior")  # last
+                return report
 
-        report = on_main(ctx, score)
+            report = on_main(ctx, score)
     if ctx.is_main and tensorboard is not None:
         _show(report, out / "eval", sub_run(tensorboard, "eval"), spec.prior_train.steps)
     return report

@@ -21,13 +21,13 @@ from PIL import Image
 
 from vqgen.data.images import BatchedImages, Mirrored
 from vqgen.data.latents import MANIFEST, read_manifest
-from vqgen.engine.checkpoint import WEIGHTS_FILE
+from vqgen.engine.checkpoint import weights_path
 from vqgen.engine.distributed import Dist, barrier, on_main, process_device
 from vqgen.engine.locks import directory_lock
 from vqgen.engine.files import read_json, write_json
 from vqgen.engine.tensorboard import TENSORBOARD_DIR, open_sink, require_tensorboard, sub_run
 from vqgen.engine.trainer import saved_step
-from vqgen.pipeline.evaluate import EvalOptions, evaluate_run
+from vqgen.pipeline.evaluate import EvalOptions, check_evaluable, evaluate_run
 from vqgen.pipeline.generate import SAMPLING_FILE, Generator, save_samples
 from vqgen.pipeline.judge import train_judge
 from vqgen.pipeline.likelihood import bits_per_dim
@@ -65,7 +65,7 @@ def _export_current(target: Path, vqvae_sha: str) -> bool:
 def export_split(vqvae_dir: Path, data: BatchedImages, target: Path, device: torch.device, ctx: Dist,
                  progress: bool, num_workers: int = 0) -> dict[str, float]:
     """Export one split unless a current export is there; re-export latents of an older VQ-VAE."""
-    sha = file_sha256(vqvae_dir / WEIGHTS_FILE)
+    sha = file_sha256(weights_path(vqvae_dir))  # an older run's model.pt, until its VQ-VAE is saved again
     if _export_current(target, sha):
         return {}
     if ctx.is_main:
@@ -110,6 +110,8 @@ def _run(spec: RunSpec, out: Path, ctx: Dist, device: torch.device, download: bo
     spec = replace(spec, vqvae=replace(spec.vqvae, in_channels=info.channels, image_height=info.height,
                                        image_width=info.width))
     _check_grid_options(spec, info.num_classes or 0)
+    if evaluation is not None:
+        check_evaluable(test_images, evaluation.n_per_class)
     trained = Mirrored(train_images) if spec.flip else train_images  # what both stages learn from
     on_main(ctx, lambda: claim_run_dir(out, spec))
     timings = Timings(out / "timings.json", enabled=ctx.is_main)
@@ -131,8 +133,8 @@ def _run(spec: RunSpec, out: Path, ctx: Dist, device: torch.device, download: bo
             train_judge(train_images, test_images, out / "judge", spec.prior_train.device, progress,
                         sub_run(boards, "judge"), spec.vqvae_train.num_workers)
         with timings.stage("eval"):  # rank 0 scores
-            evaluate_run(out, replace(evaluation, device=spec.prior_train.device), progress,
-                         data=(train_images, test_images), tensorboard=boards)
+            evaluate_run(out, replace(evaluation, device=spec.prior_train.device, seed=spec.prior_train.seed),
+                         progress, data=(train_images, test_images), tensorboard=boards)
         on_main(ctx, lambda: (out / "samples" / "grid.png").unlink(missing_ok=True))  # drawn at the old defaults
 
     def finish() -> dict[str, Any]:
@@ -141,7 +143,7 @@ def _run(spec: RunSpec, out: Path, ctx: Dist, device: torch.device, download: bo
         with timings.stage("likelihood"):
             likelihood = bits_per_dim(VQVAE.from_pretrained(out / "vqvae").to(device),
                                       GatedPixelCNN.from_pretrained(out / "prior").to(device), train_images,
-                                      test_images, spec.eval_images)
+                                      test_images, spec.eval_images, spec.prior_train.seed)
         return write_report(out, spec.to_json(), timings.seconds, exports, likelihood)
 
     report = on_main(ctx, finish)

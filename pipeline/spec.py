@@ -79,9 +79,14 @@ def claim_run_dir(out: Path, spec: RunSpec) -> None:
     write_json(path, spec.to_json())
 
 
+def require_run_dir(out: str | Path) -> None:
+    """Refuse a directory that holds no run, before anything (a lock file) is written into it."""
+    if not (Path(out) / RUN_FILE).exists():
+        raise VQGenError(f"{out} is not a vqgen run directory (no {RUN_FILE}); pass the --out of a `vqgen run`")
+
+
 def load_spec(out: str | Path) -> RunSpec:
     """The spec of the run in `out`, for commands that work on a finished run (e.g. `vqgen eval`)."""
+    require_run_dir(out)
     path = Path(out) / RUN_FILE
-    if not path.exists():
-        raise VQGenError(f"{out} is not a vqgen run directory (no {RUN_FILE}); pass the --out of a `vqgen run`")
     return RunSpec.from_json(read_json(path, "run description"), str(path))

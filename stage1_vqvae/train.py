@@ -29,9 +29,11 @@ def psnr(mse: torch.Tensor | float) -> float:
 
 
 @torch.no_grad()
-def evaluate_vqvae(model: VQVAE, data: BatchedImages, device: torch.device, limit: int | None = None) -> dict[str, float]:
-    """Held-out MSE, PSNR, perplexity and codebook use, over `limit` images spread over the classes."""
-    rows = spread_rows(data.labels, len(data), len(data) if limit is None else limit)
+def evaluate_vqvae(model: VQVAE, data: BatchedImages, device: torch.device, limit: int | None = None,
+                   seed: int = 0) -> dict[str, float]:
+    """Held-out MSE, PSNR, perplexity and codebook use, over `limit` images drawn by `seed` within each
+    class and spread over the classes (data/rows.py)."""
+    rows = spread_rows(data.labels, len(data), len(data) if limit is None else limit, seed)
     sq_error, pixels = 0.0, 0
     counts = torch.zeros(model.config.codebook_size, dtype=torch.long, device=device)
     for start in range(0, len(rows), EVAL_BATCH):
@@ -51,8 +53,9 @@ class VQVAETask:
 
     items_name = "images"
 
-    def __init__(self, model: VQVAE, train: BatchedImages, held_out: BatchedImages, eval_images: int) -> None:
-        self.model, self.train, self.held_out, self.eval_images = model, train, held_out, eval_images
+    def __init__(self, model: VQVAE, train: BatchedImages, held_out: BatchedImages, eval_images: int,
+                 seed: int = 0) -> None:
+        self.model, self.train, self.held_out, self.eval_images, self.seed = model, train, held_out, eval_images, seed
 
     def train_data(self) -> Dataset:
         return self.train
@@ -74,11 +77,12 @@ class VQVAETask:
 
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
         device = next(model.parameters()).device
-        return evaluate_vqvae(model, self.held_out, device, self.eval_images)  # type: ignore[arg-type]
+        return evaluate_vqvae(model, self.held_out, device, self.eval_images, self.seed)  # type: ignore[arg-type]
 
     def figures(self, model: nn.Module) -> dict[str, Figure]:
         """reconstructions(.png): held-out images from every class, each beside its reconstruction."""
-        images, _ = self.held_out.__getitems__(spread_rows(self.held_out.labels, len(self.held_out), SHOWN))
+        shown = spread_rows(self.held_out.labels, len(self.held_out), SHOWN, self.seed)
+        images, _ = self.held_out.__getitems__(shown)
         images = images.to(next(model.parameters()).device)
         recon = model(images).reconstruction.float()
         rows = torch.stack([images.cpu(), recon.cpu()], dim=1).flatten(0, 1)  # (2B, C, H, W): real, decoded
@@ -92,5 +96,5 @@ def train_vqvae(config: VQVAEConfig, train: TrainConfig, data: BatchedImages, he
     config.check_images(data.info.channels, data.info.height, data.info.width)
     seed_everything(train.seed)
     model = VQVAE(config)
-    task = VQVAETask(model, data, held_out, eval_images)
+    task = VQVAETask(model, data, held_out, eval_images, train.seed)
     return Trainer(task, train, out_dir, progress=progress).fit()

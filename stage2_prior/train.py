@@ -42,9 +42,10 @@ def unigram_bits(train: LatentDataset, held_out: LatentDataset, rows: list[int] 
     return float(-(held_counts * log_probs).sum() / held_counts.sum())
 
 
-def eval_rows(data: LatentDataset, limit: int | None) -> list[int]:
-    """The held-out grids an evaluation scores: all, or `limit` spread over the classes."""
-    return spread_rows(data.labels, len(data), len(data) if limit is None else limit)
+def eval_rows(data: LatentDataset, limit: int | None, seed: int = 0) -> list[int]:
+    """The held-out grids an evaluation scores: all, or `limit` drawn by `seed` within each class and
+    spread over the classes (data/rows.py)."""
+    return spread_rows(data.labels, len(data), len(data) if limit is None else limit, seed)
 
 
 @torch.no_grad()
@@ -72,9 +73,9 @@ class PriorTask:
     items_name = "grids"
 
     def __init__(self, model: GatedPixelCNN, train: LatentDataset, held_out: LatentDataset,
-                 eval_grids: int | None) -> None:
+                 eval_grids: int | None, seed: int = 0) -> None:
         self.model, self.train, self.held_out = model, train, held_out
-        self.rows = eval_rows(held_out, eval_grids)  # the same grids for the model and its baselines
+        self.rows = eval_rows(held_out, eval_grids, seed)  # the same grids for the model and its baselines
         self.baselines = {"uniform_bits_per_code": math.log2(model.config.codebook_size),
                           "unigram_bits_per_code": unigram_bits(train, held_out, self.rows)}
 
@@ -108,5 +109,5 @@ def train_prior(config: PriorConfig, train: TrainConfig, latents: str | Path, he
     held.check_fits(config.codebook_size, (config.grid_height, config.grid_width), what="the training latents")
     seed_everything(train.seed)
     model = GatedPixelCNN(config)
-    task = PriorTask(model, data, held, eval_grids)
+    task = PriorTask(model, data, held, eval_grids, train.seed)
     return Trainer(task, train, out_dir, progress=progress).fit()

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from vqgen.data.builtin import make_builtin
 from vqgen.engine.errors import VQGenError
@@ -27,6 +30,13 @@ TINY_RUN = ["--preset", "quick", "--device", "cpu", "--vqvae-steps", "4", "--vqv
             "--vqvae-hidden", "8", "--vqvae-res-hidden", "4", "--prior-steps", "4", "--prior-batch-size", "8",
             "--prior-channels", "8", "--prior-layers", "2", "--samples", "4"]
 SCORE_KEYS = {"frechet", "class_accuracy", "precision", "recall"}
+LOCK_AND_WAIT = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(600)
+"""
 
 
 def vqgen(*args: str | Path) -> int:
@@ -78,6 +88,58 @@ def test_the_chosen_setting_is_reported_on_a_fresh_draw_and_another_reference(ev
                           progress=False)
     assert seeds == [7, 7, 7, 8, 9]  # three settings on one draw; the chosen one afresh; CAS's samples
     assert report["chosen"]["frechet"] != report["chosen"]["selection_frechet"]
+
+
+def test_the_floors_and_the_chosen_setting_are_scored_against_the_final_reference(
+        evaluated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which reference each set meets: real, reconstructions and the chosen setting's fresh draw the final
+    one; every setting of the selection draw the selection one, which played no part in the figures."""
+    import vqgen.pipeline.evaluate as evaluate
+
+    run = Path(shutil.copytree(evaluated, tmp_path / "run"))
+    scorers: list = []
+    references: list[np.ndarray] = []
+    real_init, real_fidelity = evaluate._Scorer.__init__, evaluate.fidelity
+    monkeypatch.setattr(evaluate._Scorer, "__init__", lambda self, *a: scorers.append(self) or real_init(self, *a))
+    monkeypatch.setattr(evaluate, "fidelity", lambda reference, features: references.append(reference)
+                        or real_fidelity(reference, features))
+    evaluate_run(run, EvalOptions(temperatures=(1.0,), guidances=(1.0,), device="cpu"), progress=False)
+    (scorer,) = scorers
+    final, selection = scorer.reference.numpy(), scorer.selection.numpy()
+    assert not np.array_equal(final, selection)
+    met = ["final" if np.array_equal(r, final) else "selection" if np.array_equal(r, selection) else "?"
+           for r in references]
+    assert met == ["final", "final", "selection", "selection", "selection", "final"]  # real, reconstructions,
+    # the three settings of the selection draw, the chosen one afresh
+
+
+def test_eval_holds_the_prior_directorys_lock_while_it_writes_sampling_json(evaluated: Path, tmp_path: Path) -> None:
+    """A `train-prior --out RUN/prior` running beside eval must be refused, and the other way round."""
+    run = Path(shutil.copytree(evaluated, tmp_path / "run"))
+    before = (run / "prior" / SAMPLING_FILE).read_text()
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_AND_WAIT, str(run / "prior" / ".vqgen.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(VQGenError, match="is in use by another vqgen process"):
+            evaluate_run(run, EvalOptions(temperatures=(2.0,), guidances=(1.0,), device="cpu"), progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run / "prior" / SAMPLING_FILE).read_text() == before
+
+
+def test_a_test_split_too_small_to_evaluate_is_refused_before_any_training(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "data"
+    for split, count in (("train", 12), ("test", 2)):
+        for name in ("bars", "squares"):
+            (data / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(np.full((16, 16), 20 * i, np.uint8)).save(data / split / name / f"{i}.png")
+    assert vqgen("run", "--data", data, "--out", tmp_path / "run", *TINY_RUN, "--eval") == 1
+    assert "the test split is too small to evaluate" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "vqvae").exists()  # nothing trained
 
 
 def test_chosen_setting_becomes_the_sampling_default(evaluated: Path, tmp_path: Path) -> None:
@@ -139,6 +201,7 @@ def test_bad_eval_options_are_named(evaluated: Path, capsys: pytest.CaptureFixtu
     assert exit_info.value.code == 2 and "--temperature=0.0 is not allowed" in capsys.readouterr().err
     assert vqgen("eval", "--run", evaluated.parent / "nowhere", "--device", "cpu") == 1
     assert "is not a vqgen run directory" in capsys.readouterr().err
+    assert not (evaluated.parent / "nowhere").exists()  # refused before its lock could create it
 
 
 def test_a_top_k_beyond_the_codebook_is_refused_before_the_judge_trains(evaluated: Path, tmp_path: Path,
@@ -181,9 +244,9 @@ def test_judge_is_trained_once_and_read_back(tmp_path: Path) -> None:
     train, test = make_builtin("train", count=300), make_builtin("test", count=60)
     judge, accuracy = train_judge(train, test, tmp_path / "judge", device="cpu", progress=False)
     assert saved_step(tmp_path / "judge") == 4 and 0.0 <= accuracy <= 1.0
-    stamp = (tmp_path / "judge" / "model.pt").stat().st_mtime_ns
+    stamp = (tmp_path / "judge" / "model.safetensors").stat().st_mtime_ns
     again, same = train_judge(train, test, tmp_path / "judge", device="cpu", progress=False)
-    assert same == accuracy and (tmp_path / "judge" / "model.pt").stat().st_mtime_ns == stamp
+    assert same == accuracy and (tmp_path / "judge" / "model.safetensors").stat().st_mtime_ns == stamp
     features, predicted = again.embed(test.__getitems__(list(range(7)))[0])
     assert features.shape == (7, FEATURES) and features.dtype == torch.float64 and predicted.shape == (7,)
 

@@ -78,13 +78,15 @@ def sorted_latents(directory: Path, per_class: list[int], seed: int) -> tuple[Pa
 
 def test_held_out_rows_are_spread_over_the_classes_for_the_model_and_the_unigram(tmp_path: Path) -> None:
     """With eval_grids below the held-out size, the first grids of a class-sorted export would all be
-    class 0; the rows scored take each class in turn, and the unigram baseline scores the same rows."""
+    class 0; the rows scored are drawn within each class by the training seed, taken in turn, and the
+    unigram baseline scores the same rows."""
     train, train_codes = sorted_latents(tmp_path / "train", [20, 6, 4], 0)  # class 0 common, so its codes are
     held, held_codes = sorted_latents(tmp_path / "test", [8, 8, 8], 1)     # cheap under the unigram
     config = TrainConfig(steps=2, batch_size=8, eval_every=2, device="cpu")
     result = train_prior(PriorConfig.tiny(), config, train, held, tmp_path / "prior", eval_grids=6, progress=False)
-    rows = [0, 8, 16, 1, 9, 17]  # the first grid of each class, then the second
-    assert eval_rows(LatentDataset(held), 6) == rows
+    rows = eval_rows(LatentDataset(held), 6, seed=config.seed)
+    assert [r // 8 for r in rows] == [0, 1, 2, 0, 1, 2]  # a grid of each class, then a second
+    assert rows != eval_rows(LatentDataset(held), 6, seed=1)
     frequencies = (np.bincount(train_codes.ravel(), minlength=6) + 1) / (train_codes.size + 6)  # add-one smoothed
     spread, first = (float(-np.log2(frequencies[held_codes[r]]).mean()) for r in (rows, list(range(6))))
     (record,) = [r for r in read_metrics(tmp_path / "prior" / "metrics.jsonl") if r["split"] == "eval"]

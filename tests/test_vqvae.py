@@ -19,7 +19,6 @@ from vqgen.engine.trainer import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.export import export_latents
 from vqgen.stage1_vqvae.model import VQVAE
-from vqgen.data.rows import spread_rows
 from vqgen.stage1_vqvae.train import train_vqvae
 
 TINY_TRAIN = TrainConfig(steps=6, batch_size=8, lr=1e-3, log_every=1, eval_every=3, checkpoint_every=3,
@@ -101,7 +100,8 @@ def test_training_reports_eval_and_writes_checkpoint(tmp_path: Path, digits: tup
     result = train_vqvae(VQVAEConfig.tiny(), TINY_TRAIN, train, held_out, tmp_path / "v", progress=False)
     assert {"mse", "psnr", "perplexity", "codes_used"} <= set(result["evaluation"])
     assert (tmp_path / "v" / "reconstructions.png").exists()
-    assert {"config.json", "model.pt", "state.pt", "metrics.jsonl"} <= {p.name for p in (tmp_path / "v").iterdir()}
+    written = {p.name for p in (tmp_path / "v").iterdir()}
+    assert {"config.json", "model.safetensors", "state.pt", "metrics.jsonl"} <= written and "model.pt" not in written
 
 
 def test_other_options_on_a_used_directory_are_refused(tmp_path: Path, digits: tuple[ImageDataset, ImageDataset]) -> None:
@@ -152,14 +152,6 @@ def test_compile_that_fails_falls_back_with_a_warning(tmp_path: Path, monkeypatc
         result = train_vqvae(VQVAEConfig.tiny(), replace(TINY_TRAIN, compile=True), train, held_out, tmp_path / "v",
                              progress=False)
     assert result["step"] == TINY_TRAIN.steps
-
-
-def test_shown_and_evaluated_images_are_spread_over_the_classes() -> None:
-    labels = torch.tensor([0, 0, 0, 1, 1, 2])
-    assert spread_rows(labels, 6, 4) == [0, 3, 5, 1]
-    assert spread_rows(labels.numpy(), 6, 4) == [0, 3, 5, 1]  # latents keep their labels in numpy
-    assert sorted(spread_rows(labels, 6, 10)) == list(range(6))
-    assert spread_rows(None, 10, 4) == [0, 3, 6, 9]
 
 
 def test_export_of_images_of_another_shape_names_both(tmp_path: Path, digits: tuple[ImageDataset, ImageDataset]) -> None:
