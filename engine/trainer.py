@@ -349,7 +349,7 @@ class Trainer:
                 window.add(result, self.step)
                 extra = self.task.after_step(self.step)
                 if self.step == first:
-                    self._log_setup(batch, first - 1)
+                    self._log_setup(batch, first - 1, window)
                 bar.update(1)
                 stop = self._stop_requested(signals)
                 evaluation = self._after_step(model, window, bar, extra, stop) or evaluation
@@ -377,14 +377,17 @@ class Trainer:
             window.started = time.perf_counter()  # throughput counts training steps only
         return evaluation
 
-    def _log_setup(self, batch: Any, step: int) -> None:
+    def _log_setup(self, batch: Any, step: int, window: "_Window") -> None:
         """The setup record, once this process's first step is done: a step that initialises (k-means,
-        compilation) is not one to count, so the FLOPs of a step are counted on the model after it."""
+        compilation) is not one to count, so the FLOPs of a step are counted on the model after it. The
+        count and the reference timing are setup, not training: their seconds leave the window's clock."""
+        start = time.perf_counter()
         self.flops_per_step = self._count_flops(batch)
         self.matmul_rate = matmul_flops_per_s(self.precision, self.device)
         self.log.log(step=step, split="setup", device=str(self.device), precision=self.precision,
                      processes=self.ctx.world, flops_per_step=self.flops_per_step,
                      matmul_flops_per_s=self.matmul_rate)
+        window.started += time.perf_counter() - start
 
     def _count_flops(self, batch: Any) -> int:
         """FLOPs of one training step of this process (its share of the global batch), on a copy of the model."""

@@ -4,6 +4,7 @@ reference matrix-product rate, logged in the setup and train records."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,22 @@ def test_training_logs_flops_per_step_and_the_share_it_reaches(tmp_path: Path) -
         assert record["flops_per_s"] == pytest.approx(rate, rel=1e-6)
         assert record["flops_share"] == pytest.approx(rate / setup["matmul_flops_per_s"], rel=1e-6)
         assert 0 < record["flops_share"] and math.isfinite(record["flops_share"])
+
+
+def test_the_first_records_throughput_leaves_out_the_setups_count_and_timing(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The FLOP count and the reference timing run after the first step, inside its logging window:
+    their seconds are setup, and a first record that counted them would understate the rate."""
+    import vqgen.engine.trainer as trainer
+
+    def slow_reference(precision: str, device: torch.device) -> float:
+        time.sleep(1.5)
+        return 1e10
+
+    monkeypatch.setattr(trainer, "matmul_flops_per_s", slow_reference)
+    train, held_out = make_builtin("train", count=64), make_builtin("test", count=16)
+    config = TrainConfig(steps=2, batch_size=8, log_every=2, eval_every=2, checkpoint_every=2, device="cpu")
+    train_vqvae(VQVAEConfig.tiny(), config, train, held_out, tmp_path / "v", progress=False)
+    (first,) = [r for r in read_metrics(tmp_path / "v" / "metrics.jsonl") if r["split"] == "train"]
+    seconds = config.batch_size * 2 / first["images_per_s"]
+    assert seconds < 1.0, f"the first window took {seconds:.2f} s: it counted the 1.5 s reference timing"
