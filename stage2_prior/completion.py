@@ -11,11 +11,18 @@ p(x_t | x_<t), which the sampler computes on its way. Resampling N of M weighted
 as M grows; the effective sample size (sum w)^2 / sum w^2 says how many independent draws the M
 proposals are worth.
 
-Weights use the per-code distribution the proposals were drawn from, guided and tempered but not
-truncated: top-k and top-p shape the codes the sampler draws, while a known code is data, and a
-weight of zero for every known code outside the top k would refuse most masks of a real image. So
-the completions follow the truncated sampler on the holes, weighed by the tempered prior on the
-known codes (with no truncation: exactly the prior's conditional).
+Which distribution is sampled, exactly: write g_t for the per-code distribution at t after guidance
+and temperature (guided logits u + s (c - u), divided by T), and q_t for g_t truncated by top-k and
+top-p. The holes are drawn from q_t; the weights use g_t, untruncated, since a known code is data and a
+weight of zero for every known code outside the top k would refuse most masks of a real image. As M
+grows the completions follow
+
+    prod_{t hole} q_t(x_t | x_<t) * prod_{t known, t > first hole} g_t(x_t | x_<t),  normalised over the holes,
+
+the conditional of the step-by-step tempered, guided, truncated process given the known codes, not
+the prior's own conditional. At T 1, guidance 1 and no truncation it is exactly p(holes | known);
+tests/test_completion.py enumerates it at T 0.7, guidance 2, top-k 2 as well. A raster prefix needs
+no weights and samples the first product alone.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from einops import rearrange
 from vqgen.engine.errors import UsageError
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.model import GatedPixelCNN
-from vqgen.stage2_prior.sampling import (GuidedSampler, IncrementalSampler, SamplingOptions, log_probs, sample,
-                                        sample_naive)
+from vqgen.stage2_prior.sampling import (GuidedSampler, IncrementalSampler, SamplingOptions, generate, log_probs,
+                                        sample, sample_naive)
 
 K = 16
 GRIDS = [((8, 8), 3), ((8, 8), 0), ((6, 10), 2), ((6, 10), 0), ((5, 1), 0)]
@@ -254,3 +254,48 @@ def test_top_p_draws_only_from_the_nucleus() -> None:
     allowed = log_probs(flat, options) > float("-inf")  # (N, K)
     assert allowed.gather(1, codes.flatten()[:, None]).all()
     assert allowed.sum(1).float().mean() < K / 2  # it truncates
+
+
+def kept(logits: torch.Tensor, options: SamplingOptions) -> int:
+    return int((log_probs(logits, options) > float("-inf")).sum())
+
+
+def test_the_temperature_then_top_k_then_top_p_in_that_order() -> None:
+    """Cases where another order keeps another number of codes: top-p 0.75 before the temperature 2
+    would keep 2 codes of these, after it 3; top-p 0.6 before top-k 2 would keep 2, after it 1."""
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert kept(logits, SamplingOptions(top_p=0.75)) == 2
+    assert kept(logits, SamplingOptions(temperature=2.0, top_p=0.75)) == 3  # flattened first: 0.38, 0.29, 0.21
+    assert kept(logits, SamplingOptions(top_p=0.6)) == 2
+    assert kept(logits, SamplingOptions(top_k=2, top_p=0.6)) == 1  # renormalised to 0.625, 0.375 first
+    hot = log_probs(logits, SamplingOptions(temperature=2.0, top_k=3)).exp()
+    torch.testing.assert_close(hot[0, :3], logits[0, :3].div(2).softmax(0))  # tempered, then truncated
+
+
+class _FixedLogits:
+    """A sampler whose logits are fixed per label: CONDITIONAL for real classes, UNCONDITIONAL for the null one."""
+
+    CONDITIONAL = torch.tensor([2.0, 2.1, 0.0] + [-9.0] * (K - 3))
+    UNCONDITIONAL = torch.tensor([0.0, 2.5, 0.0] + [-9.0] * (K - 3))
+
+    def __init__(self, model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | None) -> None:
+        null = labels == model.config.null_label  # (B,)
+        self.rows = torch.where(null[:, None], self.UNCONDITIONAL, self.CONDITIONAL)  # (B, K)
+
+    def logits(self, i: int, j: int) -> torch.Tensor:
+        return self.rows
+
+    def commit(self, i: int, j: int, drawn: torch.Tensor) -> None:
+        pass
+
+
+def test_guidance_comes_before_truncation() -> None:
+    """Guided 2x, the logits are 4.0, 1.7, 0, ...: top-k 1 then keeps code 0, where truncating the
+    conditional first would keep code 1 (its own top code)."""
+    model = guided_model((2, 2))
+    codes = generate(model, 64, 1, SamplingOptions(top_k=1, guidance=2.0), torch.Generator().manual_seed(0),
+                     progress=False, sampler=_FixedLogits).codes
+    assert (codes == 0).all()
+    plain = generate(model, 64, 1, SamplingOptions(top_k=1), torch.Generator().manual_seed(0), progress=False,
+                     sampler=_FixedLogits).codes
+    assert (plain == 1).all()
