@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from vqgen.engine.runtime import native_bf16, pick_device
+
 MATMUL_SIDE = {"cpu": 1024, "cuda": 8192}  # large enough to reach the dense peak, small enough to time fast
 CONV_REFERENCE = (8, 256, 16)  # batch, channels, side: a 3x3 convolution of 2.4 GFLOP, channels-last
 MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -80,6 +82,17 @@ def matmul_flops_per_s(precision: str, device: torch.device, repeats: int = 5) -
     dtype: FLOP/s this device and its threads reach on the densest work there is (about 0.2 s of the
     setup on a 2-core CPU, once per process for each precision, device and thread count)."""
     return _matmul_rate(precision, device, torch.get_num_threads(), repeats)
+
+
+def describe_reference_rates() -> str:
+    """The machine's reference rates, for `vqgen --version`: README's timings quote the rate of the
+    machine they were measured on, so a user can scale them to theirs (a run logs the same rate)."""
+    device = pick_device("auto")
+    native = native_bf16(device)
+    rates = {precision: matmul_flops_per_s(precision, device) / 1e9 for precision in ("fp32", "bf16")}
+    return (f"reference rate on {device.type} ({torch.get_num_threads()} threads): fp32 {rates['fp32']:.0f} GFLOP/s, "
+            f"bf16 {rates['bf16']:.0f} GFLOP/s ({'native' if native else 'emulated'}; --precision auto is "
+            f"{'bf16' if native else 'fp32'})")
 
 
 def efficiency(flops_per_step: int, steps: int, seconds: float, reference: float) -> dict[str, Any]:

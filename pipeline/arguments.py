@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 from vqgen import __version__
 from vqgen.data.images import DATASETS
+from vqgen.engine.efficiency import describe_reference_rates
 from vqgen.engine.runtime import describe_machine
 from vqgen.engine.trainer import TrainConfig
 from vqgen.pipeline.evaluate import MIN_IMAGES, N_PER_CLASS, EvalOptions
@@ -41,6 +42,7 @@ class _PrintVersion(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
         print(f"vqgen {__version__} ({describe_machine()})")
+        print(describe_reference_rates())
         parser.exit()
 
 

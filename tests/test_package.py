@@ -3,6 +3,7 @@ the repository the folder names (`data`, `pipeline`, ...) are not importable on 
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -90,5 +91,7 @@ def test_version_names_the_machine(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0
-    line = capsys.readouterr().out.strip()
+    line, rates = capsys.readouterr().out.strip().splitlines()
     assert line.startswith(f"vqgen {vqgen.__version__} (torch {torch.__version__}") and "CPU " in line
+    fp32, bf16 = (float(value) for value in re.findall(r"(?:fp32|bf16) (\d+) GFLOP/s", rates))
+    assert fp32 > 0 and bf16 > 0 and "--precision auto is" in rates  # the rate a run logs, to scale README's times

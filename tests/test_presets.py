@@ -44,3 +44,16 @@ def test_every_preset_fits_every_kind_of_data(name: str) -> None:
         preset = RUN_PRESETS[name](shape)  # the config checks its image against the grid as it is built
         assert (preset.vqvae.in_channels, preset.vqvae.image_height, preset.vqvae.image_width) == shape[:3]
         assert shape.height % 2 ** preset.vqvae.downsamples == 0 and shape.width % 2 ** preset.vqvae.downsamples == 0
+
+
+def test_the_flip_help_says_what_each_preset_does(capsys: pytest.CaptureFixture) -> None:
+    """Mirror images: on for color images in the default preset only; --help must say no more."""
+    from vqgen.pipeline.cli import main
+
+    flips = {(name, channels): RUN_PRESETS[name](DataShape(channels, 32, 32, 50_000)).flip
+             for name in RUN_PRESETS for channels in (1, 3)}
+    assert [key for key, flip in flips.items() if flip] == [("default", 3)]
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "on for color images in --preset default, off in quick and paper and for grayscale images" in text
