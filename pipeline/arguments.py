@@ -16,10 +16,10 @@ from vqgen.data.images import DATASETS
 from vqgen.engine.efficiency import describe_reference_rates
 from vqgen.engine.runtime import describe_machine
 from vqgen.engine.trainer import TrainConfig
-from vqgen.pipeline.evaluate import MIN_IMAGES, N_PER_CLASS, EvalOptions
+from vqgen.pipeline.evaluation.evaluate import MIN_IMAGES, N_PER_CLASS, EvalOptions
 from vqgen.pipeline.options import add_config_options
 from vqgen.pipeline.presets import RUN_PRESETS
-from vqgen.pipeline.standard_fid import FID_SAMPLES
+from vqgen.pipeline.evaluation.standard_fid import FID_SAMPLES
 from vqgen.stage1_vqvae.config import PRESETS as VQVAE_PRESETS
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage2_prior.completion import PROPOSALS_PER_COMPLETION

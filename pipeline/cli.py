@@ -21,7 +21,7 @@ from vqgen.engine.tensorboard import TENSORBOARD_DIR, require_tensorboard
 from vqgen.engine.trainer import TrainConfig
 from vqgen.engine.units import describe
 from vqgen.pipeline.arguments import ALL_CODES, SHARED_TRAIN, build_parser
-from vqgen.pipeline.evaluate import EvalOptions, summary
+from vqgen.pipeline.evaluation.evaluate import EvalOptions, summary
 from vqgen.pipeline.options import config_from_args
 from vqgen.pipeline.presets import RUN_PRESETS
 from vqgen.stage1_vqvae.config import PRESETS as VQVAE_PRESETS
@@ -134,8 +134,8 @@ def _complete(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from vqgen.pipeline.evaluate import evaluate_run
-    from vqgen.pipeline.standard_fid import describe, inception_weights, require_torch_fidelity, standard_fid
+    from vqgen.pipeline.evaluation.evaluate import evaluate_run
+    from vqgen.pipeline.evaluation.standard_fid import describe, inception_weights, require_torch_fidelity, standard_fid
 
     options = EvalOptions(n_per_class=args.n_per_class, temperatures=tuple(args.temperatures),
                           top_ks=args.top_ks and tuple(args.top_ks), top_ps=args.top_ps and tuple(args.top_ps),

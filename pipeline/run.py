@@ -27,10 +27,10 @@ from vqgen.engine.locks import directory_lock
 from vqgen.engine.files import read_json, write_json
 from vqgen.engine.tensorboard import TENSORBOARD_DIR, open_sink, require_tensorboard, sub_run
 from vqgen.engine.trainer import saved_step
-from vqgen.pipeline.evaluate import EvalOptions, check_evaluable, evaluate_run
+from vqgen.pipeline.evaluation.evaluate import EvalOptions, check_evaluable, evaluate_run
 from vqgen.pipeline.generate import SAMPLING_FILE, Generator, save_samples
-from vqgen.pipeline.judge import train_judge
-from vqgen.pipeline.likelihood import bits_per_dim
+from vqgen.pipeline.evaluation.judge import train_judge
+from vqgen.pipeline.evaluation.likelihood import bits_per_dim
 from vqgen.pipeline.report import write_report
 from vqgen.pipeline.spec import RunSpec, claim_run_dir
 from vqgen.stage1_vqvae.export import export_latents, file_sha256

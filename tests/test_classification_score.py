@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import vqgen.pipeline.classification_score as cas
+import vqgen.pipeline.evaluation.classification_score as cas
 from vqgen.data.builtin import make_builtin
 from vqgen.data.images import ImageDataset
 from vqgen.pipeline.generate import Samples

@@ -24,7 +24,8 @@ import torch.multiprocessing as mp
 from vqgen.data.builtin import make_builtin
 from vqgen.engine.files import load_safetensors
 from vqgen.engine.metrics_log import read_metrics
-from vqgen.engine.distributed import Dist, init_distributed
+from vqgen.engine.distributed import Dist, init_distributed, on_main
+from vqgen.engine.errors import VQGenError
 from vqgen.engine.runtime import seed_everything
 from vqgen.engine.trainer import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
@@ -114,3 +115,31 @@ def test_sharded_export_equals_single_process_export(runs: tuple[Path, Path]) ->
     images, _ = make_builtin("train", seed=0, count=48).__getitems__(list(range(48)))
     np.testing.assert_array_equal(two, ref.encode(images).numpy())
     assert (one == two).mean() > 0.9  # weights agree to float tolerance, so nearly every code agrees
+
+
+def _fail_on_rank_zero(rank: int, world: int, port: int, out: str) -> None:
+    """Rank 0 fails inside on_main; every rank writes what it raised."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    ctx = init_distributed(torch.device("cpu"))
+
+    def work() -> None:
+        raise VQGenError("the test split is too small to evaluate")
+
+    try:
+        on_main(ctx, work)
+        said = "nothing"
+    except VQGenError as err:
+        said = f"{type(err).__name__} shared={err.shared}: {err}"
+    finally:
+        dist.destroy_process_group()
+    (Path(out) / f"rank{rank}.txt").write_text(said)
+
+
+def test_an_error_of_rank_zero_alone_reaches_every_rank(tmp_path: Path) -> None:
+    """Rank 0 works alone (eval's scoring, the report); its error must stop the other ranks with its
+    message, not leave them waiting in their next collective, and be said once (shared)."""
+    mp.start_processes(_fail_on_rank_zero, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    said = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
+    assert said[1].endswith("the test split is too small to evaluate") and "shared=True" in said[1]
+    assert said[0].endswith("the test split is too small to evaluate")

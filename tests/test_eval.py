@@ -20,11 +20,11 @@ from vqgen.engine.trainer import saved_step
 from vqgen.pipeline.cli import main
 from vqgen.data.images import DatasetInfo, ImageDataset
 from vqgen.engine.errors import UsageError
-from vqgen.pipeline.evaluate import SETTING_KEYS, EvalOptions, evaluate_run, held_out
+from vqgen.pipeline.evaluation.evaluate import SETTING_KEYS, EvalOptions, evaluate_run, held_out
 from vqgen.pipeline.generate import SAMPLING_FILE, Generator, load_sampling, save_sampling
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.sampling import SamplingOptions
-from vqgen.pipeline.judge import FEATURES, JudgeConfig, quarter_turns, rotate, train_judge
+from vqgen.pipeline.evaluation.judge import FEATURES, JudgeConfig, quarter_turns, rotate, train_judge
 
 TINY_RUN = ["--preset", "quick", "--device", "cpu", "--vqvae-steps", "4", "--vqvae-batch-size", "8",
             "--vqvae-hidden", "8", "--vqvae-res-hidden", "4", "--prior-steps", "4", "--prior-batch-size", "8",
@@ -94,7 +94,7 @@ def test_the_floors_and_the_chosen_setting_are_scored_against_the_final_referenc
         evaluated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Which reference each set meets: real, reconstructions and the chosen setting's fresh draw the final
     one; every setting of the selection draw the selection one, which played no part in the figures."""
-    import vqgen.pipeline.evaluate as evaluate
+    import vqgen.pipeline.evaluation.evaluate as evaluate
 
     run = Path(shutil.copytree(evaluated, tmp_path / "run"))
     scorers: list = []

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from vqgen.pipeline.fidelity import fidelity, frechet_distance, precision_recall
+from vqgen.pipeline.evaluation.fidelity import fidelity, frechet_distance, precision_recall
 
 
 def brute_frechet(a: np.ndarray, b: np.ndarray) -> float:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqgen.pipeline.likelihood import LEVELS, discretized_gaussian_bits
+from vqgen.pipeline.evaluation.likelihood import LEVELS, discretized_gaussian_bits
 
 mpmath = pytest.importorskip("mpmath", reason="mpmath (a dependency of torch's sympy) gives the reference")
 SIGMA = 0.047  # the default preset's fitted sigma on digits

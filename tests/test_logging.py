@@ -18,7 +18,7 @@ from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.trainer import TrainConfig, saved_step
 from vqgen.engine.units import codes, describe
 from vqgen.pipeline.cli import main
-from vqgen.pipeline.evaluate import EvalOptions, setting_name
+from vqgen.pipeline.evaluation.evaluate import EvalOptions, setting_name
 from vqgen.pipeline.plots import Panel, linear_axis, log_axis, plot_curves, tick_label
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.train import train_prior

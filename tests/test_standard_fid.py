@@ -1,6 +1,6 @@
 """`vqgen eval --fid` offline: torch-fidelity runs the very code path of the standard FID with a small fixed
 CNN registered in Inception's place (its weights are a download this machine may not make), and our
-Frechet distance and precision/recall (pipeline/fidelity.py) are held against torch-fidelity's on the
+Frechet distance and precision/recall (pipeline/evaluation/fidelity.py) are held against torch-fidelity's on the
 same features."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from torch import nn
 
 from test_cli import TINY_RUN, vqgen
 from vqgen.engine.errors import VQGenError
-from vqgen.pipeline.fidelity import frechet_distance, precision_recall
+from vqgen.pipeline.evaluation.fidelity import frechet_distance, precision_recall
 from vqgen.pipeline.generate import Generator
 from vqgen.pipeline.spec import load_spec
-from vqgen.pipeline.standard_fid import FEATURE_EXTRACTOR, Uint8Images, draw, inception_weights
+from vqgen.pipeline.evaluation.standard_fid import FEATURE_EXTRACTOR, Uint8Images, draw, inception_weights
 
 torch_fidelity = pytest.importorskip("torch_fidelity", reason="the standard FID is optional: pip install 'vqgen[fid]'")
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric  # noqa: E402

@@ -78,8 +78,9 @@ def test_stage_commands_run_under_torchrun(job: tuple[Path, subprocess.Completed
     assert json.loads((tmp_path / "latents" / "train" / "manifest.json").read_text())["count"] == 48
 
 
-def test_an_error_on_rank_zero_ends_the_job_with_one_line(tmp_path: Path, folder: Path) -> None:
-    """Eval runs on rank 0 alone; when it fails there, rank 1 must not wait for it forever."""
+def test_an_error_every_rank_meets_ends_the_job_with_one_line(tmp_path: Path, folder: Path) -> None:
+    """A test split too small to evaluate: every rank finds it before training, and rank 0 alone says it
+    (an error of rank 0 alone reaching the others: tests/test_distributed.py)."""
     small = tmp_path / "small"
     for path in folder.rglob("*.png"):  # the same train/, and 3 test images a class: too few to evaluate
         if path.parent.parent.name == "train" or int(path.stem) < 3:

@@ -8,7 +8,7 @@ A classifier that learns the classes from the samples alone and must then recogn
 sees both failures: samples that do not look like their class, and samples that cover too little
 of it. The same training on as many real train images is the ceiling.
 
-Both classifiers are the judge's architecture (pipeline/judge.py) trained by its recipe for a fixed
+Both classifiers are the judge's architecture (pipeline/evaluation/judge.py) trained by its recipe for a fixed
 CAS_STEPS steps, on CAS_IMAGES images drawn at random within each class and spread over the classes.
 """
 
@@ -24,7 +24,7 @@ import torch
 from vqgen.data.images import BatchedImages, DatasetInfo, ImageDataset
 from vqgen.data.rows import spread_rows
 from vqgen.pipeline.generate import Generator
-from vqgen.pipeline.judge import JudgeConfig, fit_judge
+from vqgen.pipeline.evaluation.judge import JudgeConfig, fit_judge
 from vqgen.stage2_prior.sampling import SamplingOptions
 
 CAS_IMAGES = 2000  # train images of each classifier, spread over the classes

@@ -1,6 +1,6 @@
 """The standard FID of a run, comparable with papers' figures: `vqgen eval --fid`.
 
-Our own Frechet distance (pipeline/fidelity.py) is measured on the run's judge, which suits ranking
+Our own Frechet distance (pipeline/evaluation/fidelity.py) is measured on the run's judge, which suits ranking
 sampling settings of one run but is no figure to put beside another paper's. This module computes
 the protocol papers use (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge
 to a Local Nash Equilibrium", arXiv 1706.08500): the 2048-d pool features of the TensorFlow
@@ -39,7 +39,7 @@ from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import load_tensors, read_json, write_json
 from vqgen.engine.locks import directory_lock
 from vqgen.engine.runtime import pick_device
-from vqgen.pipeline.evaluate import EVAL_FILE
+from vqgen.pipeline.evaluation.evaluate import EVAL_FILE
 from vqgen.pipeline.generate import PRIOR_FOLDER, VQVAE_FOLDER, Generator
 from vqgen.pipeline.spec import load_spec
 

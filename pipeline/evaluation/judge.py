@@ -1,5 +1,5 @@
 """The judge: a CNN trained once per run on the dataset's own train split, whose penultimate layer
-gives the features that sample quality is measured on (pipeline/fidelity.py).
+gives the features that sample quality is measured on (pipeline/evaluation/fidelity.py).
 
 It is a measuring instrument, so everything about it is fixed by the image's channels: the
 architecture (`_body`) and its training recipe (`RECIPES`, seed 0). One-channel images get the

@@ -1,7 +1,7 @@
 """`vqgen eval`: how close a run's samples come to real held-out images, beside two floors.
 
 Reconstruction PSNR and bits per code do not say whether samples look like the data, so a judge
-(pipeline/judge.py) trained on the run's own train split embeds sets of images, each scored against
+(pipeline/evaluation/judge.py) trained on the run's own train split embeds sets of images, each scored against
 real held-out images it does not contain:
 - real: n real held-out images, the floor no model can beat at this n;
 - reconstructions: the same n real images through the VQ-VAE, the floor of this decoder;
@@ -17,7 +17,7 @@ scored against the second reference.
 n = n_per_class x classes, the held-out images drawn at random within each class by the seed
 (data/rows.py; an unlabelled dataset is shuffled into 10 groups); the default n_per_class keeps
 n >= MIN_IMAGES, as 128-dimensional covariances from fewer images are biased. For a class-conditional prior eval also reports the classification accuracy score
-(pipeline/classification_score.py) of the chosen setting, which guidance cannot inflate.
+(pipeline/evaluation/classification_score.py) of the chosen setting, which guidance cannot inflate.
 
 The chosen setting is saved beside the prior as its sampling defaults (pipeline/generate.py). With
 TensorBoard, every set's scores become scalars eval/SET/NAME and each setting's grid the image
@@ -38,16 +38,15 @@ from tqdm import tqdm
 
 from vqgen.data.images import BatchedImages
 from vqgen.data.rows import shuffled_classes
-from vqgen.engine.distributed import on_main, process_device
-from vqgen.engine.errors import VQGenError
+from vqgen.engine.distributed import SharedError, on_main, process_device
 from vqgen.engine.files import write_json
 from vqgen.engine.grids import save_grid
 from vqgen.engine.locks import directory_lock
 from vqgen.engine.tensorboard import open_sink, sub_run
-from vqgen.pipeline.classification_score import classification_accuracy_score
-from vqgen.pipeline.fidelity import NEIGHBOURS, fidelity
+from vqgen.pipeline.evaluation.classification_score import classification_accuracy_score
+from vqgen.pipeline.evaluation.fidelity import NEIGHBOURS, fidelity
 from vqgen.pipeline.generate import Generator, save_sampling
-from vqgen.pipeline.judge import Judge, train_judge
+from vqgen.pipeline.evaluation.judge import Judge, train_judge
 from vqgen.pipeline.spec import load_spec, require_run_dir
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage2_prior.config import PriorConfig
@@ -119,19 +118,20 @@ def _groups(data: BatchedImages, seed: int) -> list[torch.Tensor]:
 
 
 def _per_group(sizes: list[int], n_per_class: int | None) -> int:
-    """Held-out images per class (or group) of each set, for groups of these sizes."""
+    """Held-out images per class (or group) of each set, for groups of these sizes. Every torchrun rank
+    that asks gets the same answer, so a refusal is a SharedError: rank 0 says it for all of them."""
     wanted = n_per_class or max(N_PER_CLASS, math.ceil(MIN_IMAGES / len(sizes)))
     per_group = min([wanted] + [size // 4 for size in sizes])
     if per_group < 1 or per_group * len(sizes) <= NEIGHBOURS:
-        raise VQGenError(f"the test split is too small to evaluate: its smallest class (or group) has {min(sizes)} "
+        raise SharedError(f"the test split is too small to evaluate: its smallest class (or group) has {min(sizes)} "
                          f"images, and eval needs 4 held-out images per sample and more than {NEIGHBOURS} "
                          "samples in all; add test images, or run without eval (--no-eval)")
     return per_group
 
 
 def check_evaluable(data: BatchedImages, n_per_class: int | None = None) -> None:
-    """Refuse a test split too small to evaluate: `vqgen run` asks before any training, so that it fails in
-    seconds rather than after both stages have trained."""
+    """Refuse a test split too small to evaluate: `vqgen run` asks before any training and `vqgen eval`
+    before its judge trains, so that they fail in seconds rather than after the training."""
     _per_group([len(rows) for rows in _groups(data, seed=0)], n_per_class)
 
 
@@ -234,6 +234,7 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
         generator = Generator(VQVAE.from_pretrained(out / "vqvae"), GatedPixelCNN.from_pretrained(out / "prior"),
                               device=options.device)
         settings = options.settings(generator.prior.config)  # checked before the judge trains
+        check_evaluable(test, options.n_per_class)
         with directory_lock(out / "prior", ctx):  # sampling.json is written there
             judge, judge_accuracy = train_judge(train, test, out / "judge", options.device, progress,
                                                 sub_run(tensorboard, "judge"))
