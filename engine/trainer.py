@@ -243,18 +243,18 @@ class Trainer:
                 self.average.load_state_dict(state["average"])
         except (ValueError, RuntimeError, KeyError) as err:
             raise VQGenError(f"{self.out_dir / STATE_FILE} holds optimizer or weight-average state this model "
-                             f"cannot take ({type(err).__name__}), as from an older vqgen; its model.pt loads, "
+                             f"cannot take ({type(err).__name__}), as from an older vqgen; its weights load, "
                              "but training cannot resume there: train into a new --out") from None
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.log.truncate_after(self.step)
 
     def _published(self) -> nn.Module:
-        """The weights evaluation and model.pt use: the weight average when there is one."""
+        """The weights evaluation and model.safetensors use: the weight average when there is one."""
         model = unwrap(self.model)
         return model if self.average is None else self.average.published(model)
 
     def _save(self) -> None:
-        """state.pt first (all a resume needs), then model.pt + config.json for from_pretrained. Random
+        """state.pt first (all a resume needs), then model.safetensors + config.json for from_pretrained. Random
         draws need no saved state: each step reseeds (`rank_seed`)."""
         def save() -> None:
             model = unwrap(self.model)
