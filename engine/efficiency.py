@@ -89,7 +89,7 @@ def describe_reference_rates() -> str:
     machine they were measured on, so a user can scale them to theirs (a run logs the same rate)."""
     device = pick_device("auto")
     native = native_bf16(device)
-    rates = {precision: matmul_flops_per_s(precision, device) / 1e9 for precision in ("fp32", "bf16")}
+    rates = {precision: matmul_flops_per_s(precision, device, repeats=20) / 1e9 for precision in ("fp32", "bf16")}
     return (f"reference rate on {device.type} ({torch.get_num_threads()} threads): fp32 {rates['fp32']:.0f} GFLOP/s, "
             f"bf16 {rates['bf16']:.0f} GFLOP/s ({'native' if native else 'emulated'}; --precision auto is "
             f"{'bf16' if native else 'fp32'})")
