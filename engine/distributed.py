@@ -57,6 +57,19 @@ def init_distributed(device: torch.device) -> Dist:
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank)
 
 
+def leave_distributed(finished: bool) -> None:
+    """Leave the process group before the interpreter exits: torchrun's ranks end at nearly the same
+    moment, and a gloo group torn down by interpreter exit while a peer is still closing its sockets
+    can abort a rank ("terminate called without an active exception", SIGABRT) after all the work was
+    done. A rank that `finished` its command waits for the others first, so that no rank leaves while
+    another still talks to it; after an error it leaves at once (a peer may be gone already)."""
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def process_device(name: str) -> tuple[Dist, torch.device]:
     """This process's place in a torchrun job and the device it computes on: the device `name` picks
     ("auto", "cpu", "cuda:1", ...), or under torchrun on GPUs the GPU of the process's local rank."""

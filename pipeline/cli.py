@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from vqgen.data.images import data_shape, open_dataset
-from vqgen.engine.distributed import launched_as_main
+from vqgen.engine.distributed import launched_as_main, leave_distributed
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.tensorboard import TENSORBOARD_DIR, require_tensorboard
 from vqgen.engine.trainer import TrainConfig
@@ -209,8 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `vqgen` console script and `python -m vqgen`."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    finished = False
     try:
         COMMANDS[args.command](args)
+        finished = True
     except VQGenError as err:
         rank = _rank_to_say(err)
         if rank is not None:
@@ -219,4 +221,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vqgen {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        leave_distributed(finished)
     return 0
