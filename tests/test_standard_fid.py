@@ -1,7 +1,7 @@
-"""`vqgen eval --fid` offline: torch-fidelity runs the very code path of the standard FID with a small fixed
-CNN registered in Inception's place (its weights are a download this machine may not make), and our
-Frechet distance and precision/recall (pipeline/evaluation/fidelity.py) are held against torch-fidelity's on the
-same features."""
+"""`vqgen eval --fid` offline: torch-fidelity runs the very code path of the standard FID with a small
+fixed CNN registered in Inception's place (its weights are a download this machine may not make), and
+our Frechet distance and precision/recall (pipeline/evaluation/fidelity.py) are held against
+torch-fidelity's on the same features."""
 
 from __future__ import annotations
 

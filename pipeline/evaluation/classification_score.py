@@ -8,8 +8,9 @@ A classifier that learns the classes from the samples alone and must then recogn
 sees both failures: samples that do not look like their class, and samples that cover too little
 of it. The same training on as many real train images is the ceiling.
 
-Both classifiers are the judge's architecture (pipeline/evaluation/judge.py) trained by its recipe for a fixed
-CAS_STEPS steps, on CAS_IMAGES images drawn at random within each class and spread over the classes.
+Both classifiers are the judge's architecture (pipeline/evaluation/judge.py) trained by its recipe
+for a fixed CAS_STEPS steps, on CAS_IMAGES images drawn at random within each class and spread over
+the classes.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """`vqgen eval`: how close a run's samples come to real held-out images, beside two floors.
 
 Reconstruction PSNR and bits per code do not say whether samples look like the data, so a judge
-(pipeline/evaluation/judge.py) trained on the run's own train split embeds sets of images, each scored against
-real held-out images it does not contain:
+(pipeline/evaluation/judge.py) trained on the run's own train split embeds sets of images, each
+scored against real held-out images it does not contain:
 - real: n real held-out images, the floor no model can beat at this n;
 - reconstructions: the same n real images through the VQ-VAE, the floor of this decoder;
 - the selection draw: n class-conditional samples for each sampling setting asked for (temperature,
@@ -16,7 +16,8 @@ scored against the second reference.
 
 n = n_per_class x classes, the held-out images drawn at random within each class by the seed
 (data/rows.py; an unlabelled dataset is shuffled into 10 groups); the default n_per_class keeps
-n >= MIN_IMAGES, as 128-dimensional covariances from fewer images are biased. For a class-conditional prior eval also reports the classification accuracy score
+n >= MIN_IMAGES, as 128-dimensional covariances from fewer images are biased. For a
+class-conditional prior eval also reports the classification accuracy score
 (pipeline/evaluation/classification_score.py) of the chosen setting, which guidance cannot inflate.
 
 The chosen setting is saved beside the prior as its sampling defaults (pipeline/generate.py). With
@@ -123,9 +124,9 @@ def _per_group(sizes: list[int], n_per_class: int | None) -> int:
     wanted = n_per_class or max(N_PER_CLASS, math.ceil(MIN_IMAGES / len(sizes)))
     per_group = min([wanted] + [size // 4 for size in sizes])
     if per_group < 1 or per_group * len(sizes) <= NEIGHBOURS:
-        raise SharedError(f"the test split is too small to evaluate: its smallest class (or group) has {min(sizes)} "
-                         f"images, and eval needs 4 held-out images per sample and more than {NEIGHBOURS} "
-                         "samples in all; add test images, or run without eval (--no-eval)")
+        raise SharedError(f"the test split is too small to evaluate: its smallest class (or group) has "
+                          f"{min(sizes)} images, and eval needs 4 held-out images per sample and more than "
+                          f"{NEIGHBOURS} samples in all; add test images, or run without eval (--no-eval)")
     return per_group
 
 

@@ -1,9 +1,9 @@
 """The standard FID of a run, comparable with papers' figures: `vqgen eval --fid`.
 
-Our own Frechet distance (pipeline/evaluation/fidelity.py) is measured on the run's judge, which suits ranking
-sampling settings of one run but is no figure to put beside another paper's. This module computes
-the protocol papers use (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge
-to a Local Nash Equilibrium", arXiv 1706.08500): the 2048-d pool features of the TensorFlow
+Our own Frechet distance (pipeline/evaluation/fidelity.py) is measured on the run's judge, which
+suits ranking sampling settings of one run but is no figure to put beside another paper's. This
+module computes the protocol papers use (Heusel et al. 2017, "GANs Trained by a Two Time-Scale
+Update Rule Converge to a Local Nash Equilibrium", arXiv 1706.08500): the 2048-d pool features of the TensorFlow
 Inception-v3 graph of the original FID code, of N generated images (10,000 by default, spread evenly
 over the classes) against every image of the train split; and, from the same features, KID
 (Binkowski et al. 2018, arXiv 1801.01401, subsets of 1,000) and the Inception Score (Salimans et al.
