@@ -47,6 +47,7 @@ class TrainConfig:
     """Optimisation and bookkeeping for one training stage (Adam, as in both papers)."""
 
     steps: int = 3000
+    max_seconds: float = 0.0  # a time budget: stop after this many seconds of training steps (0: none)
     batch_size: int = 64
     lr: float = 2e-4
     grad_clip: float = 0.0
@@ -68,6 +69,7 @@ class TrainConfig:
             value = getattr(self, name)
             require(value >= 1, f"{name}={value} is not allowed; must be >= 1")
         require(self.lr > 0, f"lr={self.lr} is not allowed; must be > 0")
+        require(self.max_seconds >= 0, f"max_seconds={self.max_seconds} is not allowed; must be >= 0 (0 = no limit)")
         require(self.warmup >= 0, f"warmup={self.warmup} is not allowed; must be >= 0 (0 = off)")
         require(0 <= self.ema < 1, f"ema={self.ema} is not allowed; must be in [0, 1) (0 = off)")
         require(self.grad_clip >= 0, f"grad_clip={self.grad_clip} is not allowed; must be >= 0 (0 = off)")
@@ -321,7 +323,9 @@ class Trainer:
             self.average.update(unwrap(self.model))
 
     def fit(self) -> dict[str, Any]:
-        """Train to config.steps, holding the lock of `out_dir`; return the last evaluation and throughput."""
+        """Train to config.steps, or until `max_seconds` of training, holding the lock of `out_dir`; return
+        the last evaluation and throughput. The clock counts training steps only, as the metrics' rates
+        do, and is saved with the checkpoint, so a resumed run spends what is left of the budget."""
         with directory_lock(self.out_dir, self.ctx):
             return self._fit()
 
@@ -337,8 +341,9 @@ class Trainer:
         self.sink = open_sink(self.config.tensorboard if self.ctx.is_main else None, kind, self.step + 1)
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.progress,
                    desc=f"train {kind}", dynamic_ncols=True)
+        time_up = self._time_up(window)
         with signals.installed(), bar, self.sink:
-            for batch in self._batches():
+            for batch in ([] if time_up else self._batches()):
                 self.step += 1
                 torch.manual_seed(rank_seed(self.config.seed, self.ctx, self.step))  # dropout, restarts, ...
                 if self.step == first:
@@ -351,21 +356,23 @@ class Trainer:
                 if self.step == first:
                     self._log_setup(batch, first - 1, window)
                 bar.update(1)
-                stop = self._stop_requested(signals)
-                evaluation = self._after_step(model, window, bar, extra, stop) or evaluation
+                stop, time_up = self._stop_requested(signals, window)
+                evaluation = self._after_step(model, window, bar, extra, stop, time_up) or evaluation
                 if stop:
                     raise Interrupted(f"stopped by signal {signals.received} at step {self.step}; checkpoint "
                                       f"saved in {self.out_dir}, run the same command to resume",
                                       signals.received or signal.SIGTERM)
-        if self.step < self.config.steps:
+                if time_up:
+                    break
+        if self.step < self.config.steps and not time_up:
             raise VQGenError("training ended early: the data loader ran dry")
         return {"step": self.step, "seconds": self.elapsed, "evaluation": evaluation,
                 f"{self.task.items_name}_per_s": self.step * self.config.batch_size / max(self.elapsed, 1e-9)}
 
     def _after_step(self, model: nn.Module, window: "_Window", bar: tqdm, extra: dict[str, float],
-                    stop: bool) -> dict[str, float] | None:
+                    stop: bool, time_up: bool) -> dict[str, float] | None:
         """Log, evaluate and checkpoint when their step comes; the evaluation when there was one."""
-        last = self.step == self.config.steps
+        last = self.step == self.config.steps or time_up
         evaluate = self.step % self.config.eval_every == 0 or last
         save = self.step % self.config.checkpoint_every == 0 or last or stop
         if self.step % self.config.log_every == 0 or evaluate or save:
@@ -394,14 +401,21 @@ class Trainer:
         with self._autocast():
             return step_flops(self.model, lambda twin: self.task.step(twin, batch, self.device).loss)
 
-    def _stop_requested(self, signals: _StopSignals) -> bool:
+    def _time_up(self, window: "_Window") -> bool:
+        seconds = self.elapsed + time.perf_counter() - window.started
+        return self.config.max_seconds > 0 and seconds >= self.config.max_seconds
+
+    def _stop_requested(self, signals: _StopSignals, window: "_Window") -> tuple[bool, bool]:
+        """(a signal asked to stop, the time budget is spent); under torchrun every rank learns either
+        from any rank at log steps, so all stop at the same step."""
         if not self.ctx.enabled:
-            return signals.received is not None
+            return signals.received is not None, self._time_up(window)
         if self.step % self.config.log_every:
-            return False
-        flag = torch.tensor(float(signals.received is not None), device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
+            return False, False
+        flags = torch.tensor([float(signals.received is not None), float(self._time_up(window))], device=self.device)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        signalled, time_up = flags.tolist()
+        return bool(signalled), bool(time_up)
 
     def _log_window(self, window: "_Window", bar: tqdm, extra: dict[str, float]) -> None:
         means, bad_step, seconds = window.flush(self.ctx)

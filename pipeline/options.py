@@ -32,6 +32,8 @@ HELP = {
     "cosine": "l2-normalised codes and encoder outputs (cosine-similarity lookup)",
     "lookup_dim": "search codes in a projected space of this dimension (none: in D)",
     "steps": "optimizer steps",
+    "max_seconds": "a time budget: stop after this many seconds of training steps, evaluate and save, even short of "
+                   "--steps (0: none); a resume spends what is left",
     "batch_size": "global batch size (split across torchrun processes)",
     "lr": "Adam learning rate",
     "grad_clip": "clip the gradient norm to this (0: off)",
@@ -53,6 +55,7 @@ HELP = {
     "first_kernel": "kernel size of the first (mask A) layer",
     "kernel": "kernel size of the other layers",
     "head_channels": "channels of the skip connections and the output head",
+    "skips": "sum a skip connection from every gated layer into the head (off: the head reads the last layer)",
     "dropout": "dropout of the gated features in training (0: off)",
 }
 

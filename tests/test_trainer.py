@@ -84,6 +84,43 @@ def test_a_cosine_run_cannot_be_resumed_with_other_steps(latents: tuple[Path, Pa
         train_prior(PriorConfig.tiny(), SMOOTH, *latents, tmp_path / "prior", progress=False)
 
 
+class StepClock:
+    """The trainer's clock, advanced one second by each optimizer step, so a time budget is exact."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import types
+
+        import vqgen.engine.trainer as trainer
+
+        self.now = 0.0
+        monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: self.now))
+        optimise = trainer.Trainer._optimise
+
+        def step(owner: trainer.Trainer, loss: torch.Tensor) -> None:
+            optimise(owner, loss)
+            self.now += 1.0
+
+        monkeypatch.setattr(trainer.Trainer, "_optimise", step)
+
+
+def test_a_time_budget_stops_evaluates_saves_and_resumes_exactly(latents: tuple[Path, Path], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    StepClock(monkeypatch)
+    config = replace(SMOOTH, steps=100, schedule="constant", checkpoint_every=50, eval_every=50)
+    summary = train_prior(PriorConfig.tiny(), replace(config, max_seconds=3.5), *latents, tmp_path / "parts",
+                          progress=False)
+    assert summary["step"] == 4 and saved_step(tmp_path / "parts") == 4 and summary["evaluation"]
+    assert [r["step"] for r in read_metrics(tmp_path / "parts" / "metrics.jsonl") if r["split"] == "eval"] == [4]
+    again = train_prior(PriorConfig.tiny(), replace(config, max_seconds=3.5), *latents, tmp_path / "parts",
+                        progress=False)
+    assert again["step"] == 4  # the budget is spent: nothing more to train
+    train_prior(PriorConfig.tiny(), replace(config, max_seconds=6), *latents, tmp_path / "parts", progress=False)
+    train_prior(PriorConfig.tiny(), replace(config, max_seconds=6), *latents, tmp_path / "whole", progress=False)
+    whole, parts = (load_tensors(tmp_path / d / "state.pt") for d in ("whole", "parts"))
+    assert whole["step"] == parts["step"] == 6
+    assert all(torch.equal(whole["model"][k], parts["model"][k]) for k in whole["model"])
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("warmup", -1, "warmup=-1 is not allowed"), ("ema", 1.0, "ema=1.0 is not allowed"),
     ("schedule", "linear", "schedule='linear' is not allowed")])
