@@ -18,6 +18,8 @@ class PriorConfig:
 
     K, the grid and the classes come from the latent dataset the prior trains on; the rest are the
     network's sizes. `head_channels` is the width of the skip connections and of the output head;
+    `skips` sums a skip connection from every layer into the head, as WaveNet does; without them the
+    head reads the last layer only (a config file without the field is a prior with them);
     `dropout` drops gated horizontal features in training (as PixelCNN++ drops inside its residual
     blocks, Salimans et al. 2017), a regulariser for small datasets. `label_dropout` is the share of
     training labels replaced by a null class (label id `num_classes`), which teaches a conditional
@@ -35,6 +37,7 @@ class PriorConfig:
     first_kernel: int = 7
     kernel: int = 3
     head_channels: int = 256
+    skips: bool = True
     dropout: float = 0.0
     label_dropout: float = 0.0
 

@@ -61,7 +61,7 @@ class HorizontalConv(nn.Conv2d):
 class BlockOutput(NamedTuple):
     vertical: torch.Tensor | None    # (B, C, H, W); None from the last layer, which feeds no layer
     horizontal: torch.Tensor | None  # (B, C, H, W); None from the last layer
-    skip: torch.Tensor               # (B, S, H, W)
+    skip: torch.Tensor | None        # (B, S, H, W); None from a layer without a skip connection
 
 
 class GatedBlock(nn.Module):
@@ -70,7 +70,8 @@ class GatedBlock(nn.Module):
     Both stacks are gated; the vertical stack's pre-activations, shifted down a row, join the
     horizontal stack through a 1x1 convolution (`link`); the horizontal stack keeps a residual
     connection (except in the first layer, whose input is the code at the current position) and
-    sends a skip connection to the head. A class label adds a learned bias before both gates (eq. 4).
+    sends a skip connection to the head (`skip_channels` 0: none; the last layer always does, it is the
+    head's input). A class label adds a learned bias before both gates (eq. 4).
     Dropout (training only) acts on the gated horizontal features, before the residual and skip maps.
 
     The last layer feeds only the head: it has no residual map and computes no stack outputs, so
@@ -85,7 +86,7 @@ class GatedBlock(nn.Module):
         self.horizontal = HorizontalConv(channels, 2 * channels, kernel, sees_current=not first)
         self.link = nn.Conv2d(2 * channels, 2 * channels, 1)
         self.residual = None if last else nn.Conv2d(channels, channels, 1)
-        self.skip = nn.Conv2d(channels, skip_channels, 1)
+        self.skip = nn.Conv2d(channels, skip_channels, 1) if skip_channels else None
         self.label_bias = nn.Embedding(labels, (2 if last else 4) * channels) if labels else None
         self.dropout = nn.Dropout(dropout)
 
@@ -117,9 +118,10 @@ class GatedBlock(nn.Module):
         if biases is not None:
             h_pre = h_pre + biases[1][:, :, None, None]
         gated = self.dropout(gate(h_pre))  # (B, C, H, W)
+        skip = None if self.skip is None else self.skip(gated)
         if self.residual is None:
-            return BlockOutput(None, None, self.skip(gated))
+            return BlockOutput(None, None, skip)
         if biases is not None:
             v_pre = v_pre + biases[0][:, :, None, None]
         h_out = self.residual(gated) if self.first else h + self.residual(gated)
-        return BlockOutput(gate(v_pre), h_out, self.skip(gated))
+        return BlockOutput(gate(v_pre), h_out, skip)

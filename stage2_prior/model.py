@@ -19,7 +19,8 @@ class GatedPixelCNN(nn.Module, Pretrained):
     """codes (B, H, W) [+ labels (B,)] -> logits (B, K, H, W) of each code given the codes before it.
 
     The prior of VQ-VAE (van den Oord et al. 2017, arXiv 1711.00937, sec. 3.2): raster order, a
-    vertical and a horizontal stack with no blind spot, skip connections summed into a ReLU / 1x1 head.
+    vertical and a horizontal stack with no blind spot, a ReLU / 1x1 head on the skip connections of
+    every layer summed (`config.skips`) or on the last layer's alone.
     It is convolutional, so it takes grids of any size; it was trained on `config.grid`.
     """
 
@@ -32,7 +33,8 @@ class GatedPixelCNN(nn.Module, Pretrained):
         c, s = config.channels, config.head_channels
         self.embedding = nn.Embedding(config.codebook_size, c)
         self.layers = nn.ModuleList(
-            GatedBlock(c, s, config.first_kernel if i == 0 else config.kernel, i == 0, i == config.layers - 1,
+            GatedBlock(c, s if config.skips or i == config.layers - 1 else 0,
+                       config.first_kernel if i == 0 else config.kernel, i == 0, i == config.layers - 1,
                        config.label_embeddings, config.dropout)
             for i in range(config.layers))
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(s, s, 1), nn.ReLU(), nn.Conv2d(s, config.codebook_size, 1))
@@ -46,7 +48,8 @@ class GatedPixelCNN(nn.Module, Pretrained):
         v, h, skip = x, x, 0
         for layer in self.layers:
             v, h, s = layer(v, h, labels)  # the last layer returns no v, h
-            skip = skip + s  # (B, S, H, W)
+            if s is not None:
+                skip = skip + s  # (B, S, H, W)
         return self.head(skip)  # (B, K, H, W)
 
     def loss(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

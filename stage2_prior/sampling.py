@@ -194,7 +194,8 @@ class IncrementalSampler:
 
     Call `logits(i, j)` then `commit(i, j, codes)` for each position in raster order. The skip
     connections and the head are evaluated at the current position only: the gated features of every
-    layer go into one (B, L * C) buffer and meet the skip weights of all layers in one product.
+    layer go into one (B, L * C) buffer and those of the layers with a skip connection meet their
+    weights in one product.
     """
 
     def __init__(self, model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | None) -> None:
@@ -202,8 +203,10 @@ class IncrementalSampler:
         self.caches = [_LayerCache(layer, len(codes), self.grid, labels) for layer in model.layers]
         channels = model.config.channels
         self.gated = codes.new_zeros(len(codes), len(self.caches), channels, dtype=model.embedding.weight.dtype)
-        self.skip_weight = torch.cat([_matrix(layer.skip) for layer in model.layers])  # (L * C, S)
-        self.skip_bias = sum(layer.skip.bias for layer in model.layers)  # (S,)
+        skipping = [layer for layer in model.layers if layer.skip is not None]  # all, or the last alone
+        self.skip_from = 0 if len(skipping) == len(model.layers) else len(model.layers) - 1
+        self.skip_weight = torch.cat([_matrix(layer.skip) for layer in skipping])  # (L' * C, S)
+        self.skip_bias = sum(layer.skip.bias for layer in skipping)  # (S,)
         _, hidden, _, out = model.head
         self.head = (_matrix(hidden), hidden.bias, _matrix(out), out.bias)
 
@@ -214,7 +217,7 @@ class IncrementalSampler:
             cache.gate_at(j, gated[:, index])
             if index + 1 < len(caches):  # the last layer's horizontal stack feeds nothing
                 caches[index + 1].put_horizontal(j, cache.output_at(j, gated[:, index]))
-        skip = torch.addmm(self.skip_bias, self.gated.flatten(1), self.skip_weight)  # (B, S)
+        skip = torch.addmm(self.skip_bias, gated[:, self.skip_from:].flatten(1), self.skip_weight)  # (B, S)
         hidden_w, hidden_b, out_w, out_b = self.head
         hidden = torch.addmm(hidden_b, skip.relu_(), hidden_w).relu_()  # (B, S)
         return torch.addmm(out_b, hidden, out_w)  # (B, K)

@@ -3,6 +3,7 @@ round trip, likelihood units and the errors a user can meet."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -40,9 +41,9 @@ def strictly_earlier(n: int) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool).tril(-1)
 
 
-@pytest.mark.parametrize("grid, classes", [((8, 8), 0), ((6, 10), 3)])
-def test_no_look_ahead_and_no_blind_spot(grid: tuple[int, int], classes: int) -> None:
-    config = PriorConfig.tiny(grid_height=grid[0], grid_width=grid[1], layers=8, num_classes=classes)
+@pytest.mark.parametrize("grid, classes, skips", [((8, 8), 0, True), ((6, 10), 3, True), ((6, 10), 3, False)])
+def test_no_look_ahead_and_no_blind_spot(grid: tuple[int, int], classes: int, skips: bool) -> None:
+    config = PriorConfig.tiny(grid_height=grid[0], grid_width=grid[1], layers=8, num_classes=classes, skips=skips)
     model = GatedPixelCNN(config).double()
     depends = dependency(model, grid, torch.tensor([1]) if classes else None)
     earlier = strictly_earlier(grid[0] * grid[1])
@@ -134,10 +135,11 @@ def test_config_checks_and_presets() -> None:
     assert PriorConfig.paper().layers > PriorConfig.small().layers > PriorConfig.tiny().layers
 
 
-@pytest.mark.parametrize("layers, classes", [(1, 0), (4, 3)])
-def test_every_weight_reaches_the_loss(layers: int, classes: int) -> None:
+@pytest.mark.parametrize("layers, classes, skips", [(1, 0, True), (4, 3, True), (1, 0, False), (4, 3, False)])
+def test_every_weight_reaches_the_loss(layers: int, classes: int, skips: bool) -> None:
     """DDP (without unused-parameter search) needs a gradient for every parameter at every step."""
-    model = GatedPixelCNN(PriorConfig.tiny(layers=layers, num_classes=classes, label_dropout=0.1 if classes else 0))
+    model = GatedPixelCNN(PriorConfig.tiny(layers=layers, num_classes=classes, label_dropout=0.1 if classes else 0,
+                                           skips=skips))
     labels = torch.tensor([0, 2]) if classes else None
     model.loss(torch.randint(0, 16, (2, 7, 7)), labels).backward()
     assert [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()] == []
@@ -168,3 +170,15 @@ def test_the_null_class_is_a_label_only_with_label_dropout() -> None:
     assert PriorConfig.tiny(num_classes=3).null_label is None and PriorConfig.tiny(label_dropout=0.1).null_label is None
     with pytest.raises(UsageError, match=r"label_dropout=1.0 is not allowed; must be in \[0, 1\)"):
         PriorConfig.tiny(label_dropout=1.0)
+
+
+def test_without_skips_only_the_last_layer_feeds_the_head_and_old_configs_keep_them(tmp_path: Path) -> None:
+    model = GatedPixelCNN(PriorConfig.tiny(skips=False))
+    assert [layer.skip is not None for layer in model.layers] == [False] * 5 + [True]
+    model.save_pretrained(tmp_path / "prior")
+    assert GatedPixelCNN.from_pretrained(tmp_path / "prior").config.skips is False
+    config_file = tmp_path / "prior" / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["skips"]  # as vqgen 0.3 wrote a prior's config: every layer had its skip connection
+    config_file.write_text(json.dumps(saved))
+    assert GatedPixelCNN.load_config(tmp_path / "prior").skips is True
