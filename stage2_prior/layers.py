@@ -115,13 +115,13 @@ class GatedBlock(nn.Module):
         v_pre = self.vertical(v)  # (B, 2C, H, W): rows <= i
         h_pre = self.horizontal(h) + self.link(shift_down(v_pre))  # (B, 2C, H, W): row i to column j, rows < i
         biases = self.label_biases(labels)
-        if biases is not None:
-            h_pre = h_pre + biases[1][:, :, None, None]
+        if biases is not None:  # in the convolutions' dtype: an fp32 bias would lift bf16 gates to fp32
+            h_pre = h_pre + biases[1].to(h_pre.dtype)[:, :, None, None]
         gated = self.dropout(gate(h_pre))  # (B, C, H, W)
         skip = None if self.skip is None else self.skip(gated)
         if self.residual is None:
             return BlockOutput(None, None, skip)
         if biases is not None:
-            v_pre = v_pre + biases[0][:, :, None, None]
+            v_pre = v_pre + biases[0].to(v_pre.dtype)[:, :, None, None]
         h_out = self.residual(gated) if self.first else h + self.residual(gated)
         return BlockOutput(gate(v_pre), h_out, skip)

@@ -182,3 +182,16 @@ def test_without_skips_only_the_last_layer_feeds_the_head_and_old_configs_keep_t
     del saved["skips"]  # as vqgen 0.3 wrote a prior's config: every layer had its skip connection
     config_file.write_text(json.dumps(saved))
     assert GatedPixelCNN.load_config(tmp_path / "prior").skips is True
+
+
+def test_under_bf16_autocast_class_biases_keep_the_gates_in_bf16() -> None:
+    """An fp32 label bias added to a bf16 convolution output would lift every gate, and the maps that read
+    it, to fp32 (and a cast back per convolution)."""
+    model = GatedPixelCNN(PriorConfig.tiny(num_classes=3))
+    seen: list[torch.dtype] = []
+    for layer in model.layers[:2]:
+        for conv in (layer.residual, layer.skip):
+            conv.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randint(0, 16, (2, 7, 7)), torch.tensor([0, 2]))
+    assert seen == [torch.bfloat16] * 4
