@@ -182,7 +182,7 @@ class _StopSignals:
 
 
 class Trainer:
-    """Runs a TrainTask to `config.steps`, resuming from `out_dir` when a checkpoint is there.
+    """Runs a TrainTask to `config.steps` (or its time budget), resuming from `out_dir` when a checkpoint is there.
 
     `alone`: train in this process only, even under torchrun (what rank 0 trains by itself, such as
     eval's classifiers), on this process's device.
