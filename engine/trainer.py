@@ -341,7 +341,7 @@ class Trainer:
         self.sink = open_sink(self.config.tensorboard if self.ctx.is_main else None, kind, self.step + 1)
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.progress,
                    desc=f"train {kind}", dynamic_ncols=True)
-        time_up = self._time_up(window)
+        time_up = self._time_up(None)  # the budget a resumed run has already spent
         with signals.installed(), bar, self.sink:
             for batch in ([] if time_up else self._batches()):
                 self.step += 1
@@ -401,8 +401,9 @@ class Trainer:
         with self._autocast():
             return step_flops(self.model, lambda twin: self.task.step(twin, batch, self.device).loss)
 
-    def _time_up(self, window: "_Window") -> bool:
-        seconds = self.elapsed + time.perf_counter() - window.started
+    def _time_up(self, window: "_Window | None") -> bool:
+        """Whether the saved training seconds, plus those of the open window, reach `max_seconds`."""
+        seconds = self.elapsed + (0.0 if window is None else time.perf_counter() - window.started)
         return self.config.max_seconds > 0 and seconds >= self.config.max_seconds
 
     def _stop_requested(self, signals: _StopSignals, window: "_Window") -> tuple[bool, bool]:

@@ -91,3 +91,17 @@ def test_an_error_every_rank_meets_ends_the_job_with_one_line(tmp_path: Path, fo
     said = [line for line in done.stderr.splitlines() if line.startswith("vqgen run")]
     assert said == [said[0]] and "test split is too small to evaluate" in said[0], done.stderr[-3000:]
     assert vqgen_frames(done.stderr) == []
+
+
+def test_a_time_budget_stops_every_rank_at_the_same_step(job: tuple[Path, subprocess.CompletedProcess],
+                                                         tmp_path: Path) -> None:
+    """The ranks agree on the budget at log steps: all stop at the first log step past it, evaluate and
+    save (a rank that stopped alone would leave the other waiting in a collective until the timeout)."""
+    out, _ = job
+    done = torchrun("train-prior", "--latents", out / "latents" / "train", "--eval-latents", out / "latents" / "test",
+                    "--out", tmp_path / "prior", *TINY_PRIOR, "--steps", "1000", "--eval-every", "1000",
+                    "--max-seconds", "0.001", "--log-every", "3")
+    assert done.returncode == 0, failure(done)
+    records = [json.loads(line) for line in (tmp_path / "prior" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "eval"] == [3]
+    assert max(r["step"] for r in records) == 3
