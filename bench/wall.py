@@ -108,7 +108,7 @@ def peer_mean(model: torch.nn.Module, held: Any, rows: list[int],
 def peer_bits(model: torch.nn.Module, held: LatentDataset, rows: list[int]) -> float:
     """Held-out bits per code of the peer's prior, with the true labels."""
     def nats(codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(codes.long(), labels.long()), codes.long(), reduction="sum")  # (B, K, H, W) in
+        return F.cross_entropy(model(codes.long(), labels.long()), codes.long(), reduction="sum")  # logits (B, K, H, W)
     return peer_mean(model, held, rows, nats) / math.log(2)
 
 
@@ -222,6 +222,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="marks at 3 and 6 s, 200 rows (smoke test)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:  # the parent checked the inputs and passes the marks and row counts as flags
+        return child(args)
     names = args.contestants or list(CONTESTANTS[args.stage])
     unknown = sorted(set(names) - set(CONTESTANTS[args.stage]))
     if unknown:
@@ -235,8 +237,6 @@ def main() -> None:
         open_images(args)  # a missing dataset fails here, in one line
     if args.quick:
         args.minutes, args.eval_grids, args.eval_images = [0.05, 0.1], 200, 200
-    if args.child:
-        return child(args)
     if "peer" in names:
         load_peer(args.peer)
     figure = FIGURE[args.stage]

@@ -203,8 +203,8 @@ class IncrementalSampler:
         self.caches = [_LayerCache(layer, len(codes), self.grid, labels) for layer in model.layers]
         channels = model.config.channels
         self.gated = codes.new_zeros(len(codes), len(self.caches), channels, dtype=model.embedding.weight.dtype)
-        skipping = [layer for layer in model.layers if layer.skip is not None]  # all, or the last alone
-        self.skip_from = 0 if len(skipping) == len(model.layers) else len(model.layers) - 1
+        self.skip_from = 0 if model.config.skips else len(model.layers) - 1  # the layers with a skip map
+        skipping = model.layers[self.skip_from:]
         self.skip_weight = torch.cat([_matrix(layer.skip) for layer in skipping])  # (L' * C, S)
         self.skip_bias = sum(layer.skip.bias for layer in skipping)  # (S,)
         _, hidden, _, out = model.head
