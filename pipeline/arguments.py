@@ -25,6 +25,7 @@ from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage2_prior.completion import PROPOSALS_PER_COMPLETION
 from vqgen.stage2_prior.config import PRESETS as PRIOR_PRESETS
 from vqgen.stage2_prior.config import PriorConfig
+from vqgen.stage2_prior.sampling import GUIDANCE_SCHEDULES
 
 IMAGE_FIELDS = ("in_channels", "image_height", "image_width")
 LATENT_FIELDS = ("codebook_size", "grid_height", "grid_width", "num_classes")
@@ -85,6 +86,7 @@ _temperature = _bounded("--temperature", float, 0.0, "> 0")
 _top_k = _bounded("--top-k", int, 1, ">= 1 (or none)", none=True)
 _guidance = _bounded("--guidance", float, 0.0, ">= 0 (1: plain conditional, 0: unconditional)", at_least=True)
 _top_p = _bounded("--top-p", float, 0.0, "in (0, 1] (or none)", none=True, high=1.0)
+_interval = _bounded("--guidance-interval", float, 0.0, "in (0, 1] (1: every position guided)", high=1.0)
 
 
 def _grid(text: str) -> tuple[int, int]:
@@ -116,6 +118,14 @@ def _add_eval(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--guidance", dest="guidances", type=_guidance, nargs="+", default=defaults.guidances,
                        metavar="S", help="guidance scales to score (default: 1, 1.5, 2 and 3 for a prior trained "
                                          "with label dropout, else 1)")
+    group.add_argument("--guidance-schedule", dest="guidance_schedules", choices=GUIDANCE_SCHEDULES, nargs="+",
+                       default=defaults.guidance_schedules, metavar="NAME",
+                       help="guidance schedules to score with every scale but 1: constant, linear (1 at the "
+                            f"first position to the scale at the last) (default: {' '.join(defaults.guidance_schedules)})")
+    group.add_argument("--guidance-interval", dest="guidance_intervals", type=_interval, nargs="+",
+                       default=defaults.guidance_intervals, metavar="F",
+                       help="shares of the positions guided, from the first, to score with every scale but 1 "
+                            f"(default: {' '.join(map(str, defaults.guidance_intervals))})")
     group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the samples (and of the held-out choice when unlabelled)")
 
 
@@ -132,6 +142,12 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--guidance", type=_guidance,
                        help="classifier-free guidance scale (1: the conditional prior as trained, 0: unconditional, "
                             "above 1: closer to the class; needs a prior trained with label dropout)")
+    group.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES,
+                       help="constant: the scale at every position; linear: ramped from 1 at the first position "
+                            "to the scale at the last, in raster order")
+    group.add_argument("--guidance-interval", type=_interval,
+                       help="share of the positions guided, from the first in raster order (0 < F <= 1; the "
+                            "rest are drawn at scale 1)")
     group.add_argument("--seed", type=int, default=0)
 
 

@@ -48,7 +48,8 @@ def _tensorboard_dir(args: argparse.Namespace, root: Path) -> str | None:
 def _sampling_options(args: argparse.Namespace, generator: Any) -> Any:
     """The setting a sampling command draws with: the prior's defaults, each option given replaced."""
     top_k = generator.prior.config.codebook_size if args.top_k == ALL_CODES else args.top_k
-    return generator.options(args.temperature, top_k, args.top_p, args.guidance)
+    return generator.options(args.temperature, top_k, args.top_p, args.guidance, args.guidance_schedule,
+                             args.guidance_interval)
 
 
 def _train_vqvae(args: argparse.Namespace) -> None:
@@ -139,7 +140,9 @@ def _eval(args: argparse.Namespace) -> None:
 
     options = EvalOptions(n_per_class=args.n_per_class, temperatures=tuple(args.temperatures),
                           top_ks=args.top_ks and tuple(args.top_ks), top_ps=args.top_ps and tuple(args.top_ps),
-                          guidances=args.guidances and tuple(args.guidances), seed=args.seed, device=args.device)
+                          guidances=args.guidances and tuple(args.guidances),
+                          guidance_schedules=tuple(args.guidance_schedules),
+                          guidance_intervals=tuple(args.guidance_intervals), seed=args.seed, device=args.device)
     if args.fid and launched_as_main():  # the package and the weights, before minutes of work
         require_torch_fidelity()
         args.fid_weights = inception_weights(args.fid_weights)

@@ -100,10 +100,12 @@ class Generator:
         return torch.arange(n) * self.num_classes // n
 
     def options(self, temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                guidance: float | None = None) -> SamplingOptions:
+                guidance: float | None = None, guidance_schedule: str | None = None,
+                guidance_interval: float | None = None) -> SamplingOptions:
         """`self.defaults` with each option given replaced; the others keep their defaults (top_k=K keeps
         every code, top_p=1 turns nucleus truncation off)."""
-        given = dict(temperature=temperature, top_k=top_k, top_p=top_p, guidance=guidance)
+        given = dict(temperature=temperature, top_k=top_k, top_p=top_p, guidance=guidance,
+                     guidance_schedule=guidance_schedule, guidance_interval=guidance_interval)
         return replace(self.defaults, **{k: v for k, v in given.items() if v is not None})
 
     def _generator(self, seed: int | None) -> torch.Generator:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vqgen.pipeline.evaluation.evaluate import describe_setting
 from vqgen.pipeline.spec import RunSpec
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage2_prior.config import PriorConfig
@@ -73,8 +74,7 @@ def _evaluation(report: dict[str, Any], figures: dict[str, Any] | None) -> list[
     if not figures:
         return ["## Evaluation", "", likelihood, "", "Samples were not scored (`vqgen eval` was not run)."]
     chosen, floor = figures["chosen"], figures["real"]["frechet"]
-    setting = (f"T={chosen['temperature']:g}, top-k {chosen['top_k'] or 'all'}, top-p {chosen['top_p'] or 'all'}, "
-               f"guidance {chosen['guidance']:g}")
+    setting = describe_setting(chosen)
     lines = ["## Evaluation", "", likelihood, "",
              f"`vqgen eval`: {figures['n']} images per set, each scored against {figures['reference']} real held-out "
              f"images, on the features of a judge CNN trained on this dataset ({figures['judge']['task']}, test "

@@ -8,8 +8,10 @@ full model once per position. Both draw the same codes from the same generator.
 
 Each code is drawn from the logits after, in this order: classifier-free guidance (Ho & Salimans
 2022: the conditional and unconditional logits of one doubled batch, mixed as
-`uncond + s * (cond - uncond)`), the temperature, top-k truncation, and nucleus truncation
-(top-p, Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration", arXiv 1904.09751).
+`uncond + s * (cond - uncond)`, with s constant or, as the field's autoregressive samplers use it,
+ramped over the raster order or confined to the first positions: `SamplingOptions.scale_at`), the
+temperature, top-k truncation, and nucleus truncation (top-p, Holtzman et al. 2020, "The Curious
+Case of Neural Text Degeneration", arXiv 1904.09751).
 The network is convolutional, so any grid size can be sampled; `known` codes are kept where given
 (completion, stage2_prior/completion.py).
 """
@@ -30,6 +32,7 @@ from vqgen.stage2_prior.layers import GatedBlock, gate
 from vqgen.stage2_prior.model import GatedPixelCNN
 
 Labels = int | torch.Tensor | None
+GUIDANCE_SCHEDULES = ("constant", "linear")
 
 
 @dataclass(frozen=True)
@@ -38,13 +41,19 @@ class SamplingOptions:
 
     `guidance` s: 1 samples the conditional prior as trained, 0 the unconditional one (the null class),
     s > 1 pushes each grid further toward its class; it needs a prior trained with label dropout.
-    `top_k` None and `top_p` None keep every code.
+    A constant scale makes every code typical of the class and so costs diversity; the
+    `guidance_schedule` "linear" ramps it from 1 at the first position to s at the last (MAR's and
+    VAR's linear schedules: the first codes, which fix a grid's layout, are drawn as the prior has
+    learnt them), and `guidance_interval` f guides only the first f of the positions in raster order
+    and draws the rest at scale 1 (LlamaGen's cfg_interval). `top_k` None and `top_p` None keep every code.
     """
 
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
     guidance: float = 1.0
+    guidance_schedule: str = "constant"
+    guidance_interval: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -55,6 +64,25 @@ class SamplingOptions:
             raise UsageError(f"--top-p={self.top_p} is not allowed; must be in (0, 1]")
         if not self.guidance >= 0:
             raise UsageError(f"--guidance={self.guidance} is not allowed; must be >= 0 (1: plain conditional)")
+        if self.guidance_schedule not in GUIDANCE_SCHEDULES:
+            raise UsageError(f"--guidance-schedule={self.guidance_schedule!r} is not allowed; must be one of "
+                             f"{', '.join(GUIDANCE_SCHEDULES)}")
+        if not 0 < self.guidance_interval <= 1:
+            raise UsageError(f"--guidance-interval={self.guidance_interval} is not allowed; must be in (0, 1] "
+                             "(the share of the positions guided, from the first; 1: all)")
+
+    def scale_at(self, position: int, positions: int) -> float:
+        """The guidance scale at a raster position (0 .. positions - 1) of a grid."""
+        if position >= self.guidance_interval * positions:
+            return 1.0
+        if self.guidance_schedule == "linear":
+            return 1 + (self.guidance - 1) * position / max(1, positions - 1)
+        return self.guidance
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every position is drawn at the scale `guidance`."""
+        return self.guidance == 1 or (self.guidance_schedule == "constant" and self.guidance_interval == 1)
 
     def check(self, config: PriorConfig) -> None:
         """What depends on the prior: top-k within its K, guidance only with a null class."""
@@ -237,14 +265,15 @@ class GuidedSampler:
     logits come from one doubled batch, and both halves are given the same drawn codes."""
 
     def __init__(self, sampler: type[Sampler], model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor,
-                 scale: float) -> None:
+                 options: SamplingOptions) -> None:
         null = torch.full_like(labels, model.config.null_label)
         self.inner = sampler(model, codes.repeat(2, 1, 1), torch.cat([labels, null]))  # (2B, H, W)
-        self.scale = scale
+        self.options, self.width, self.positions = options, codes.shape[2], codes.shape[1] * codes.shape[2]
 
     def logits(self, i: int, j: int) -> torch.Tensor:
         conditional, unconditional = self.inner.logits(i, j).chunk(2)  # (B, K) each
-        return unconditional + self.scale * (conditional - unconditional)
+        scale = self.options.scale_at(i * self.width + j, self.positions)
+        return unconditional + scale * (conditional - unconditional)
 
     def commit(self, i: int, j: int, drawn: torch.Tensor) -> None:
         self.inner.commit(i, j, drawn.repeat(2))
@@ -305,12 +334,13 @@ def _label_tensor(model: GatedPixelCNN, n: int, labels: Labels, device: torch.de
 
 def _state(sampler: type[Sampler], model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | None,
            options: SamplingOptions) -> Sampler:
-    """The sampler for these options: guidance 0 is the null class alone, other scales but 1 a doubled batch."""
+    """The sampler for these options: guidance 0 throughout is the null class alone, guidance 1 the
+    conditional prior, any other a doubled batch."""
     if labels is None or options.guidance == 1:
         return sampler(model, codes, labels)
-    if options.guidance == 0:
+    if options.guidance == 0 and options.uniform:
         return sampler(model, codes, torch.full_like(labels, model.config.null_label))
-    return GuidedSampler(sampler, model, codes, labels, options.guidance)
+    return GuidedSampler(sampler, model, codes, labels, options)
 
 
 @torch.no_grad()

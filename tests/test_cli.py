@@ -111,6 +111,9 @@ def test_bad_input_gives_one_clear_line(tmp_path: Path, monkeypatch: pytest.Monk
     (["sample", "--vqvae", "v", "--prior", "p", "--out", "x", "--temperature", "-1"],
      "--temperature=-1.0 is not allowed; must be > 0"),
     (["eval", "--run", "x", "--top-k", "0"], "--top-k=0 is not allowed; must be >= 1 (or none)"),
+    (["sample", "--vqvae", "v", "--prior", "p", "--out", "x", "--guidance-interval", "1.5"],
+     "--guidance-interval=1.5 is not allowed; must be in (0, 1]"),
+    (["eval", "--run", "x", "--guidance-schedule", "cosine"], "invalid choice: 'cosine'"),
 ])
 def test_argparse_errors_name_the_option(capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
     with pytest.raises(SystemExit) as exit_info:

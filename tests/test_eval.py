@@ -62,9 +62,11 @@ def test_run_with_eval_writes_eval_json_of_the_documented_shape(evaluated: Path)
     assert {"frechet", "precision", "recall"} <= set(report["real"])
     assert SCORE_KEYS <= set(report["reconstructions"])
     assert json.loads((evaluated / "prior" / "config.json").read_text())["codebook_size"] == 64
-    assert settings_of(report["selection"]) == [(t, k, p, g) for t in (0.9, 1.0, 1.1)  # all codes, K/8, top-p 0.9
+    assert settings_of(report["selection"]) == [(t, k, p, g, "constant", 1.0)  # all codes, K/8, top-p 0.9
+                                                for t in (0.9, 1.0, 1.1)
                                                 for k, p in ((None, None), (8, None), (None, 0.9))
                                                 for g in (1.0, 1.5, 2.0, 3.0)]
+    assert {s["n"] for s in report["selection"]} == {report["n"]}  # too few samples to screen on a share
     for scores in [report["real"], report["reconstructions"], *report["selection"], report["chosen"]]:
         assert all(0.0 <= scores[k] <= 1.0 for k in ("class_accuracy", "precision", "recall"))
         assert scores["frechet"] >= -1e-6
@@ -88,6 +90,33 @@ def test_the_chosen_setting_is_reported_on_a_fresh_draw_and_another_reference(ev
                           progress=False)
     assert seeds == [7, 7, 7, 8, 9]  # three settings on one draw; the chosen one afresh; CAS's samples
     assert report["chosen"]["frechet"] != report["chosen"]["selection_frechet"]
+
+
+def test_successive_halving_screens_every_setting_on_a_share_and_tops_up_the_best_third(
+        evaluated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each round scores the settings left on more samples (the earlier ones and a top-up of other seeds),
+    keeps the lowest third, and the lowest at the full draw is chosen. A stand-in score (the mean pixel)
+    lets the tiny run's 2 samples of each class stand for a round."""
+    import vqgen.pipeline.evaluation.evaluate as evaluate
+
+    run = Path(shutil.copytree(evaluated, tmp_path / "run"))
+    drawn: dict[tuple, torch.Tensor] = {}
+    def score(judge, images, reference, labels) -> dict:  # noqa: ANN001
+        return {"frechet": float(images.double().mean()), "class_accuracy": None, "precision": 0.0, "recall": 0.0}
+    monkeypatch.setattr(evaluate, "SCREEN_IMAGES", 1)
+    monkeypatch.setattr(evaluate, "_score", score)
+    monkeypatch.setattr(evaluate._Scorer, "grid", lambda self, images, path: drawn.setdefault(
+        (path.name, len(images)), images))
+    report = evaluate_run(run, EvalOptions(n_per_class=2, device="cpu"), progress=False)
+    screen, final = report["selection"][:36], report["selection"][36:]
+    assert [s["n"] for s in screen] == [2] * 36 and [s["n"] for s in final] == [4] * 12  # 1, then 2 of each class
+    lowest = sorted(screen, key=lambda s: s["frechet"])[:12]
+    assert set(settings_of(final)) == set(settings_of(lowest))
+    assert settings_of([report["chosen"]]) == settings_of([min(final, key=lambda s: s["frechet"])])
+    for (name, n), images in drawn.items():
+        if n == 4 and name != "chosen.png":  # the screen's sample of each class comes first in its class
+            torch.testing.assert_close(images.unflatten(0, (2, 2))[:, :1], drawn[name, 2].unflatten(0, (2, 1)),
+                                       rtol=0, atol=0)
 
 
 def test_the_floors_and_the_chosen_setting_are_scored_against_the_final_reference(
@@ -168,20 +197,25 @@ def test_sample_options_replace_one_default_each_and_none_means_all_codes(evalua
     np.testing.assert_array_equal(np.load(tmp_path / "all" / "codes.npy"), everything.numpy())
     truncated = generator.sample(6, labels=1, seed=3, progress=False).codes
     assert not torch.equal(everything, truncated)
+    assert vqgen(*common, "--guidance-schedule", "linear", "--guidance-interval", "0.5", "--out", tmp_path / "ramp") == 0
+    ramped = generator.sample_with(6, 1, SamplingOptions(0.7, 2, 0.5, 2.0, "linear", 0.5), seed=3, progress=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "ramp" / "codes.npy"), ramped.codes.numpy())
 
 
 def test_eval_command_rescores_with_the_settings_asked(evaluated: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     run = Path(shutil.copytree(evaluated, tmp_path / "run"))
     assert vqgen("eval", "--run", run, "--temperature", "0.5", "2", "--top-k", "none", "3", "--top-p", "0.8",
-                 "--guidance", "1.5", "--device", "cpu") == 0
+                 "--guidance", "1", "1.5", "--guidance-schedule", "constant", "linear", "--guidance-interval", "0.5",
+                 "--device", "cpu") == 0
     report = json.loads((run / "eval.json").read_text())
-    assert settings_of(report["selection"]) == [(0.5, None, 0.8, 1.5), (0.5, 3, 0.8, 1.5), (2.0, None, 0.8, 1.5),
-                                                (2.0, 3, 0.8, 1.5)]
+    guidings = [(1.0, "constant", 1.0), (1.5, "constant", 0.5), (1.5, "linear", 0.5)]  # scale 1 has no schedule
+    assert settings_of(report["selection"]) == [(t, k, 0.8, *g) for t in (0.5, 2.0) for k in (None, 3) for g in guidings]
     out = capsys.readouterr().out
     assert "real held-out (floor)" in out and "x real" in out and "chosen: T=" in out
     assert "classification accuracy score" in out
-    assert (run / "eval" / "samples-t2-topk3-topp0.8-g1.5.png").exists() and (run / "eval" / "chosen.png").exists()
+    assert (run / "eval" / "samples-t2-topk3-topp0.8-g1.5-linear-first0.5.png").exists()
+    assert (run / "eval" / "chosen.png").exists()
     assert load_sampling(run / "prior") == SamplingOptions(*(report["chosen"][k] for k in SETTING_KEYS))
 
 
@@ -236,6 +270,10 @@ def test_default_settings_scale_top_k_with_the_codebook_and_guide_only_with_a_nu
         (1.0, None, None, 1.0), (1.0, 64, None, 1.0), (1.0, None, 0.9, 1.0)]
     assert as_tuples(EvalOptions(temperatures=(0.5,), top_ks=(3, None), top_ps=(0.8,)).settings(plain)) == [
         (0.5, 3, 0.8, 1.0), (0.5, None, 0.8, 1.0)]
+    scheduled = EvalOptions(temperatures=(1.0,), top_ks=(None,), guidances=(1.0, 2.0),
+                            guidance_schedules=("constant", "linear"), guidance_intervals=(1.0, 0.5)).settings(guided)
+    assert [(s.guidance, s.guidance_schedule, s.guidance_interval) for s in scheduled] == [
+        (1.0, "constant", 1.0), (2.0, "constant", 1.0), (2.0, "constant", 0.5), (2.0, "linear", 1.0), (2.0, "linear", 0.5)]
     with pytest.raises(UsageError, match="--guidance=2 needs a prior trained with label dropout"):
         EvalOptions(guidances=(2.0,)).settings(PriorConfig.small(num_classes=10, label_dropout=0.0))
 

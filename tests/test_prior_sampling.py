@@ -117,6 +117,8 @@ def test_an_int_label_is_shared_and_a_tensor_gives_one_per_grid() -> None:
     (3, dict(guidance=-0.5), "--guidance=-0.5 is not allowed; must be >= 0"),
     (3, dict(guidance=2.0), "--guidance=2 needs a prior trained with label dropout"),
     (0, dict(guidance=2.0), "--guidance=2 needs a class-conditional prior"),
+    (3, dict(guidance_schedule="cosine"), "--guidance-schedule='cosine' is not allowed; must be one of constant, linear"),
+    (3, dict(guidance_interval=0.0), r"--guidance-interval=0.0 is not allowed; must be in \(0, 1\]"),
 ])
 def test_bad_sampling_options_are_named(classes: int, kwargs: dict, message: str) -> None:
     model = model_for((3, 3), classes)
@@ -180,20 +182,34 @@ def guided_model(grid: tuple[int, int] = (5, 6)) -> GatedPixelCNN:
     return model
 
 
-@pytest.mark.parametrize("scale", [0.0, 1.5, 3.0])
-def test_guided_incremental_logits_equal_guided_full_logits(scale: float) -> None:
-    """uncond + s * (cond - uncond) at every step, the cached sampler running both halves as one batch."""
+@pytest.mark.parametrize("options", [SamplingOptions(guidance=0.0), SamplingOptions(guidance=1.5),
+                                     SamplingOptions(guidance=3.0, guidance_schedule="linear"),
+                                     SamplingOptions(guidance=2.0, guidance_interval=0.4)],
+                         ids=["0", "1.5", "3-linear", "2-first0.4"])
+def test_guided_incremental_logits_equal_guided_full_logits(options: SamplingOptions) -> None:
+    """uncond + s_t * (cond - uncond) at every step t, the cached sampler running both halves as one batch."""
     model = guided_model()
     codes, labels = torch.randint(0, K, (3, 5, 6)), torch.tensor([0, 2, 1])
     null = torch.full_like(labels, model.config.null_label)
-    sampler = GuidedSampler(IncrementalSampler, model, codes, labels, scale)
+    sampler = GuidedSampler(IncrementalSampler, model, codes, labels, options)
     with torch.no_grad():
         conditional, unconditional = model(codes, labels), model(codes, null)
-        guided = unconditional + scale * (conditional - unconditional)  # (B, K, H, W)
         for i in range(5):
             for j in range(6):
+                scale = options.scale_at(i * 6 + j, 30)
+                guided = unconditional + scale * (conditional - unconditional)  # (B, K, H, W)
                 torch.testing.assert_close(sampler.logits(i, j), guided[:, :, i, j], atol=1e-5, rtol=1e-5)
                 sampler.commit(i, j, codes[:, i, j])
+
+
+def test_guidance_schedules_ramp_over_the_raster_order_or_stop_after_the_interval() -> None:
+    linear = SamplingOptions(guidance=3.0, guidance_schedule="linear")
+    assert [linear.scale_at(t, 5) for t in range(5)] == [1.0, 1.5, 2.0, 2.5, 3.0]
+    first = SamplingOptions(guidance=3.0, guidance_interval=0.5)
+    assert [first.scale_at(t, 6) for t in range(6)] == [3.0, 3.0, 3.0, 1.0, 1.0, 1.0]
+    assert SamplingOptions(guidance=3.0, guidance_schedule="linear").scale_at(0, 1) == 1.0
+    assert not linear.uniform and not first.uniform and SamplingOptions(guidance=2.0).uniform
+    assert SamplingOptions(guidance=1.0, guidance_schedule="linear").uniform  # scale 1 at every position
 
 
 def test_guidance_one_is_plain_and_zero_is_the_null_class() -> None:
@@ -206,6 +222,9 @@ def test_guidance_one_is_plain_and_zero_is_the_null_class() -> None:
     assert not torch.equal(draw_with(2, 0.0), draw_with(2, 1.0))
     assert torch.equal(draw_with(1, 2.5), draw_with(1, 2.5, sample_naive))
     assert not torch.equal(draw_with(1, 2.5), draw_with(1, 1.0))
+    ramped = SamplingOptions(guidance=0.0, guidance_schedule="linear")  # 1 -> 0: not the null class alone
+    assert not torch.equal(sample(model, 8, 2, ramped, torch.Generator().manual_seed(5), progress=False),
+                           draw_with(2, 0.0))
 
 
 def test_guidance_sharpens_the_class() -> None:

@@ -5,10 +5,14 @@ Reconstruction PSNR and bits per code do not say whether samples look like the d
 scored against real held-out images it does not contain:
 - real: n real held-out images, the floor no model can beat at this n;
 - reconstructions: the same n real images through the VQ-VAE, the floor of this decoder;
-- the selection draw: n class-conditional samples for each sampling setting asked for (temperature,
-  top-k, top-p, guidance), scored against a selection reference of 2n real images;
-- the chosen setting, the one of lowest Frechet distance in the selection draw, drawn afresh (another
-  seed) and scored against a second reference of 2n other real images, beside the floors.
+- the selection draw: class-conditional samples for each sampling setting asked for (temperature,
+  top-k, top-p, guidance and its schedule), scored against a selection reference of 2n real images
+  by successive halving (Jamieson & Talwalkar 2016, arXiv 1502.07943): every setting is drawn at n/4,
+  the best third of them topped up to n/2, the best third of those to n, and the lowest Frechet
+  distance at n wins (`_select`). Settings far from the data are told apart by a quarter of the samples, so a
+  screen of 36 settings costs what 14 cost in full, and the last comparison is still at n;
+- the chosen setting, drawn afresh (another seed) and scored against a second reference of 2n other
+  real images, beside the floors.
 The minimum over many noisy scores is biased low (the seed-to-seed spread of a Frechet distance at
 n = 500 is about 0.2x the floor), so the chosen setting is reported on samples and a reference that
 played no part in choosing it. The real images may sit in the selection reference: they are only
@@ -62,7 +66,11 @@ GRID_PER_CLASS = 10
 TOP_K_SHARE = 8        # default truncations: all codes, top-k K/8, or top-p TOP_P
 TOP_P = 0.9
 GUIDANCE = (1.0, 1.5, 2.0, 3.0)  # default guidance scales for a prior with a null class (3 won on CIFAR-10)
-SETTING_KEYS = ("temperature", "top_k", "top_p", "guidance")
+SETTING_KEYS = ("temperature", "top_k", "top_p", "guidance", "guidance_schedule", "guidance_interval")
+SHARES = (4, 2, 1)  # successive halving: the rounds draw n/4, n/2 and n samples of each setting left
+KEEP = 3            # each screening round keeps the best third
+TOP_UP_SEED = 2     # round r >= 1 tops its settings up with samples of seed + TOP_UP_SEED + r
+SCREEN_IMAGES = 100  # the fewest samples a screening round judges a setting by
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,8 @@ class EvalOptions:
     top_ks: tuple[int | None, ...] | None = None
     top_ps: tuple[float | None, ...] | None = None
     guidances: tuple[float, ...] | None = None
+    guidance_schedules: tuple[str, ...] = ("constant",)
+    guidance_intervals: tuple[float, ...] = (1.0,)
     seed: int = 0
     device: str = "auto"
 
@@ -88,11 +98,17 @@ class EvalOptions:
             return [(None, None), (max(1, codebook_size // TOP_K_SHARE), None), (None, TOP_P)]
         return [(k, p) for k in dict.fromkeys(self.top_ks or (None,)) for p in dict.fromkeys(self.top_ps or (None,))]
 
+    def guidings(self, config: PriorConfig) -> list[tuple[float, str, float]]:
+        """(scale, schedule, interval) of every guidance asked for; a scale of 1 is the same at any schedule."""
+        guidances = self.guidances or (GUIDANCE if config.null_label is not None else (1.0,))
+        return list(dict.fromkeys((g, "constant", 1.0) if g == 1 else (g, schedule, interval)
+                                  for g in guidances for schedule in self.guidance_schedules
+                                  for interval in self.guidance_intervals))
+
     def settings(self, config: PriorConfig) -> list[SamplingOptions]:
         """Every combination, each checked against the prior (so a bad one stops eval before any work)."""
-        guidances = self.guidances or (GUIDANCE if config.null_label is not None else (1.0,))
-        settings = [SamplingOptions(t, top_k, top_p, g) for t in self.temperatures
-                    for top_k, top_p in self.truncations(config.codebook_size) for g in dict.fromkeys(guidances)]
+        settings = [SamplingOptions(t, top_k, top_p, *guiding) for t in self.temperatures
+                    for top_k, top_p in self.truncations(config.codebook_size) for guiding in self.guidings(config)]
         for options in settings:
             options.check(config)
         return settings
@@ -170,9 +186,12 @@ def _reconstruct(generator: Generator, images: torch.Tensor) -> torch.Tensor:
 
 
 def setting_name(options: SamplingOptions) -> str:
-    """`samples-t0.9-topkall-toppall-g1`: a grid's file name (with .png) and its TensorBoard set."""
+    """`samples-t0.9-topkall-toppall-g1`: a grid's file name (with .png) and its TensorBoard set; a
+    schedule other than constant and an interval below 1 add `-linear`, `-first0.5`."""
+    schedule = "" if options.guidance_schedule == "constant" else f"-{options.guidance_schedule}"
+    interval = "" if options.guidance_interval == 1 else f"-first{options.guidance_interval:g}"
     return (f"samples-t{options.temperature:g}-topk{options.top_k or 'all'}-topp{options.top_p or 'all'}"
-            f"-g{options.guidance:g}")
+            f"-g{options.guidance:g}{schedule}{interval}")
 
 
 def _show(report: dict[str, Any], grids: Path, log_dir: str | None, step: int) -> None:
@@ -182,10 +201,10 @@ def _show(report: dict[str, Any], grids: Path, log_dir: str | None, step: int) -
         sink.record({"step": step, "split": "judge", **report["judge"]})
         for name in ("real", "reconstructions"):
             sink.record({"step": step, "split": name, **report[name]})
-        for s in report["selection"]:
-            scores = {k: v for k, v in s.items() if k not in SETTING_KEYS}
-            names.append(setting_name(SamplingOptions(*(s[k] for k in SETTING_KEYS))))
-            sink.record({"step": step, "split": names[-1], **scores})
+        last = {setting_name(SamplingOptions(*(s[k] for k in SETTING_KEYS))): s for s in report["selection"]}
+        for name, s in last.items():  # each setting at the largest draw it reached
+            names.append(name)
+            sink.record({"step": step, "split": name, **{k: v for k, v in s.items() if k not in SETTING_KEYS}})
         sink.record({"step": step, "split": "chosen", **report["chosen"]})
         if report["classification_accuracy_score"]:
             sink.record({"step": step, "split": "classification_accuracy_score",
@@ -205,12 +224,21 @@ class _Scorer:
         self.selection = judge.embed(_images(test, rows.selection))[0]
         self.reference = judge.embed(_images(test, rows.reference))[0]
 
-    def draw(self, options: SamplingOptions, seed: int) -> torch.Tensor:
-        return self.generator.sample_with(len(self.rows.real), self.labels, options, seed, progress=False).images
+    def labels_of(self, per_group: int) -> torch.Tensor | None:
+        """The labels of `per_group` samples of each class, class by class (None: unconditional)."""
+        if self.labels is None:
+            return None
+        return self.labels.unflatten(0, (-1, self.rows.per_group))[:, :per_group].flatten()
+
+    def draw(self, options: SamplingOptions, seed: int, per_group: int | None = None) -> torch.Tensor:
+        """`per_group` samples of each class (group; default: as many as real images), class by class."""
+        per_group = per_group or self.rows.per_group
+        count = per_group * (len(self.rows.real) // self.rows.per_group)
+        return self.generator.sample_with(count, self.labels_of(per_group), options, seed, progress=False).images
 
     def grid(self, images: torch.Tensor, path: Path) -> Image.Image:
         """Up to GRID_PER_CLASS images of each class (group), a row each."""
-        per_group = self.rows.per_group
+        per_group = len(images) * self.rows.per_group // len(self.rows.real)
         shown = images.unflatten(0, (-1, per_group))[:, :GRID_PER_CLASS].flatten(0, 1)
         return save_grid(path, shown, nrow=min(GRID_PER_CLASS, per_group))
 
@@ -265,15 +293,10 @@ def _score_run(out: Path, options: EvalOptions, settings: list[SamplingOptions],
         "reconstructions": _score(judge, _reconstruct(generator, real), scorer.reference, rows.labels),
         "selection": [],
     }
-    for setting in tqdm(settings, desc="eval samples", disable=not progress):
-        images = scorer.draw(setting, options.seed)
-        report["selection"].append({**asdict(setting), **_score(judge, images, scorer.selection, scorer.labels)})
-        scorer.grid(images, out / "eval" / f"{setting_name(setting)}.png")
-    best = min(range(len(settings)), key=lambda i: report["selection"][i]["frechet"])
-    chosen = settings[best]
+    chosen, selection_frechet = _select(scorer, settings, judge, out, options.seed, progress, report["selection"])
     fresh = scorer.draw(chosen, options.seed + 1)
     report["chosen"] = {**asdict(chosen), **_score(judge, fresh, scorer.reference, scorer.labels),
-                        "selection_frechet": report["selection"][best]["frechet"]}
+                        "selection_frechet": selection_frechet}
     scorer.grid(fresh, out / "eval" / "chosen.png")
     report["classification_accuracy_score"] = classification_accuracy_score(
         generator, chosen, train, test, out / "eval" / "cas", options.seed + 2, options.device,
@@ -281,9 +304,45 @@ def _score_run(out: Path, options: EvalOptions, settings: list[SamplingOptions],
     return report
 
 
-def _describe_setting(s: dict[str, Any]) -> str:
+def _select(scorer: _Scorer, settings: list[SamplingOptions], judge: Judge, out: Path, seed: int, progress: bool,
+            record: list[dict[str, Any]]) -> tuple[SamplingOptions, float]:
+    """The setting of lowest Frechet distance against the selection reference, by successive halving
+    (module docstring): each round tops its settings' samples up to its size, scores them, and keeps the
+    best third for the next. A screening round runs only while more than KEEP settings are left and it
+    scores each by at least SCREEN_IMAGES samples. Every score is appended to `record`; returns the
+    winner and its Frechet distance at the full size."""
+    per_group, groups = scorer.rows.per_group, len(scorer.rows.real) // scorer.rows.per_group
+    drawn: dict[SamplingOptions, torch.Tensor] = {}
+    candidates, frechet = list(settings), {}
+    bar = tqdm(desc="eval samples", unit="setting", disable=not progress)
+    sizes = sorted({max(1, per_group // share) for share in SHARES})  # per class (group), the last per_group
+    for r, size in enumerate(sizes):
+        last = r == len(sizes) - 1
+        if not last and (len(candidates) <= KEEP or size * groups < SCREEN_IMAGES):
+            continue
+        for setting in candidates:
+            have = len(drawn[setting]) // groups if setting in drawn else 0
+            extra = scorer.draw(setting, seed + TOP_UP_SEED + r if have else seed, size - have)
+            drawn[setting] = extra if not have else torch.cat(
+                [drawn[setting].unflatten(0, (groups, -1)), extra.unflatten(0, (groups, -1))], 1).flatten(0, 1)
+            scores = _score(judge, drawn[setting], scorer.selection, scorer.labels_of(size))
+            record.append({**asdict(setting), **scores, "n": len(drawn[setting])})
+            frechet[setting] = scores["frechet"]
+            scorer.grid(drawn[setting], out / "eval" / f"{setting_name(setting)}.png")
+            bar.update()
+        candidates = sorted(candidates, key=frechet.__getitem__)
+        if not last:
+            candidates = candidates[:math.ceil(len(candidates) / KEEP)]
+    bar.close()
+    return candidates[0], frechet[candidates[0]]
+
+
+def describe_setting(s: dict[str, Any]) -> str:
+    """A setting of eval.json in words (one of a previous version, without schedules, as well)."""
+    schedule = "" if s.get("guidance_schedule", "constant") == "constant" else f" ({s['guidance_schedule']})"
+    interval = "" if s.get("guidance_interval", 1.0) == 1 else f" on the first {s['guidance_interval']:.0%}"
     return (f"T={s['temperature']:g} top-k={s['top_k'] or 'all'} top-p={s['top_p'] or 'all'} "
-            f"guidance={s['guidance']:g}")
+            f"guidance={s['guidance']:g}{schedule}{interval}")
 
 
 def summary(report: dict[str, Any]) -> list[str]:
@@ -299,15 +358,16 @@ def summary(report: dict[str, Any]) -> list[str]:
     if report["n"] < MIN_IMAGES:
         lines.append(f"warning: n={report['n']} is below {MIN_IMAGES}: the test split is small, so Frechet "
                      "distances are biased high and move more from seed to seed")
-    lines += ["selection draw (against its own reference; the lowest Frechet is chosen):"]
-    lines += [line(f"  samples {_describe_setting(s)}", s, floor) for s in report["selection"]]
+    lines += ["selection draw by successive halving (against its own reference; the lowest Frechet at the "
+              "largest n is chosen):"]
+    lines += [line(f"  n={s['n']:<4} {describe_setting(s)}", s, floor) for s in report["selection"]]
     chosen = report["chosen"]
     lines += ["fresh draw, against the other reference:", line("  real held-out (floor)", report["real"], floor),
               line("  reconstructions", report["reconstructions"], floor),
-              line(f"  chosen {_describe_setting(chosen)}", chosen, floor)]
+              line(f"  chosen {describe_setting(chosen)}", chosen, floor)]
     cas = report.get("classification_accuracy_score")
     if cas:
         lines.append(f"classification accuracy score: {cas['samples']:.1%} trained on {cas['images']} samples "
                      f"(on as many real images: {cas['real']:.1%})")
-    lines.append(f"chosen: {_describe_setting(chosen)} (saved as the prior's sampling defaults)")
+    lines.append(f"chosen: {describe_setting(chosen)} (saved as the prior's sampling defaults)")
     return lines
