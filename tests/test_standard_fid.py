@@ -18,6 +18,7 @@ from torch import nn
 
 from test_cli import TINY_RUN, vqgen
 from vqgen.engine.errors import VQGenError
+from vqgen.pipeline.evaluation.evaluate import describe_setting
 from vqgen.pipeline.evaluation.fidelity import frechet_distance, precision_recall
 from vqgen.pipeline.generate import Generator
 from vqgen.pipeline.spec import load_spec
@@ -106,7 +107,7 @@ def test_the_model_card_shows_the_eval_figures_and_the_standard_fid(fid_run: Pat
     card = (tmp_path / "model" / "README.md").read_text()
     report = json.loads((fid_run / "eval.json").read_text())
     assert f"| real held-out (floor) | {report['real']['frechet']:.2f} | 1.0x |" in card
-    assert f"| samples, T=1, top-k all, top-p all, guidance 1 | {report['chosen']['frechet']:.2f} |" in card
+    assert f"| samples, {describe_setting(report['chosen'])} | {report['chosen']['frechet']:.2f} |" in card
     assert (f"Standard FID ({FEATURE_EXTRACTOR}, torch-fidelity {torch_fidelity.__version__}): "
             f"{report['standard_fid']['fid']:.2f} for {SAMPLES} samples against the train split, 48 images") in card
     sampling = (tmp_path / "model" / "prior" / "sampling.json", fid_run / "prior" / "sampling.json")
