@@ -31,7 +31,7 @@ from vqgen.engine.files import load_tensors, read_json, save_tensors, write_json
 from vqgen.engine.grids import save_grid
 from vqgen.engine.metrics_log import MetricsLog
 from vqgen.engine.locks import directory_lock
-from vqgen.engine.runtime import resolve_precision
+from vqgen.engine.runtime import autocast, resolve_precision
 from vqgen.engine.tensorboard import Sink, open_sink
 from vqgen.engine.units import describe
 
@@ -300,8 +300,7 @@ class Trainer:
         return model, self._step(model, batch)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        return autocast(self.precision, self.device)
 
     def _batches(self) -> Iterator[Any]:
         data = self.task.train_data()

@@ -182,6 +182,9 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive("--batch-size"), default=256)
     p.add_argument("--num-workers", type=int, default=0, help="loader processes reading (decoding) images")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="the encoder's autocast (auto: bf16 where the CPU or GPU computes it natively, as the "
+                        "VQ-VAE trained; the quantizer's distances stay fp32)")
 
 
 

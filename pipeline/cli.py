@@ -76,7 +76,7 @@ def _export(args: argparse.Namespace) -> None:
     data = open_dataset(args.data, args.split, args.data_root, args.download, size=args.image_size,
                         stream=args.stream, index_dir=args.vqvae)  # reuses the index training wrote there
     manifest = export_latents(model, data, args.out, vqvae_dir=args.vqvae, batch_size=args.batch_size, ctx=ctx,
-                              num_workers=args.num_workers)
+                              num_workers=args.num_workers, precision=args.precision)
     if ctx.is_main:
         print(f"exported {manifest.count} code grids of {manifest.grid[0]}x{manifest.grid[1]} to {args.out}")
 

@@ -63,7 +63,7 @@ def _export_current(target: Path, vqvae_sha: str) -> bool:
 
 
 def export_split(vqvae_dir: Path, data: BatchedImages, target: Path, device: torch.device, ctx: Dist,
-                 progress: bool, num_workers: int = 0) -> dict[str, float]:
+                 progress: bool, num_workers: int = 0, precision: str = "fp32") -> dict[str, float]:
     """Export one split unless a current export is there; re-export latents of an older VQ-VAE."""
     sha = file_sha256(weights_path(vqvae_dir))  # an older run's model.pt, until its VQ-VAE is saved again
     if _export_current(target, sha):
@@ -73,7 +73,8 @@ def export_split(vqvae_dir: Path, data: BatchedImages, target: Path, device: tor
     barrier(ctx)
     model = VQVAE.from_pretrained(vqvae_dir).to(device)
     start = time.perf_counter()
-    export_latents(model, data, target, vqvae_dir=vqvae_dir, ctx=ctx, progress=progress, num_workers=num_workers)
+    export_latents(model, data, target, vqvae_dir=vqvae_dir, ctx=ctx, progress=progress, num_workers=num_workers,
+                   precision=precision)
     seconds = time.perf_counter() - start
     return {"images": len(data), "seconds": seconds, "images_per_s": len(data) / max(seconds, 1e-9)}
 
@@ -123,7 +124,7 @@ def _run(spec: RunSpec, out: Path, ctx: Dist, device: torch.device, download: bo
     for split, data in (("train", trained), ("test", test_images)):
         with timings.stage(f"export_{split}"):
             exports[split] = export_split(out / "vqvae", data, out / "latents" / split, device, ctx, progress,
-                                          spec.vqvae_train.num_workers)
+                                          spec.vqvae_train.num_workers, spec.vqvae_train.precision)
     if saved_step(out / "prior") < spec.prior_train.steps:
         with timings.stage("prior"):
             train_prior(spec.prior, spec.prior_train, out / "latents" / "train", out / "latents" / "test",

@@ -121,3 +121,24 @@ def test_export_of_empty_dataset_is_refused(tmp_path: Path) -> None:
     manifest = LatentManifest(count=0, grid=(2, 2), codebook_size=4, num_classes=None)
     with pytest.raises(VQGenError, match="empty"):
         LatentWriter(tmp_path / "x", manifest).create(np.zeros((4, 2), np.float32))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_export_encodes_under_the_precision_asked_with_the_distances_in_fp32(tmp_path: Path, precision: str) -> None:
+    """A VQ-VAE trained under bf16 autocast exports its codes under it too; the quantizer stays fp32."""
+    from vqgen.data.images import DatasetInfo, ImageDataset
+    from vqgen.stage1_vqvae.config import VQVAEConfig
+    from vqgen.stage1_vqvae.export import export_latents
+    from vqgen.stage1_vqvae.model import VQVAE
+
+    torch.manual_seed(0)
+    model = VQVAE(VQVAEConfig.small(hidden=8, res_hidden=4, code_dim=4, codebook_size=16, in_channels=1,
+                                    image_height=8, image_width=8)).eval()
+    pixels = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    data = ImageDataset(pixels, torch.arange(6) % 2, DatasetInfo("test", "train", 1, 8, 8, 2, None))
+    target = tmp_path / precision
+    export_latents(model, data, target, batch_size=4, progress=False, precision=precision)
+    images = data.__getitems__(list(range(6)))[0]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        expected = model.encode(images)
+    np.testing.assert_array_equal(LatentDataset(target).__getitems__(list(range(6)))[0].numpy(), expected.numpy())
