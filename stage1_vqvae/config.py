@@ -35,6 +35,7 @@ class VQVAEConfig:
     restart_every: int = 100
     cosine: bool = False
     lookup_dim: int | None = None
+    decoder: Literal["mse", "logistic"] = "mse"
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "image_height", "image_width", "hidden", "res_hidden", "downsamples",
@@ -42,6 +43,7 @@ class VQVAEConfig:
             value = getattr(self, name)
             require(value >= 1, f"{name}={value} is not allowed; must be >= 1")
         require(self.res_blocks >= 0, f"res_blocks={self.res_blocks} is not allowed; must be >= 0")
+        require(self.decoder in ("mse", "logistic"), f"decoder={self.decoder!r} is not allowed; must be mse or logistic")
         factor = self.downsample_factor
         for name in ("image_height", "image_width"):
             size = getattr(self, name)

@@ -50,27 +50,36 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Mirror of the encoder: residual blocks, then 4x4 transposed convolutions double the size."""
+    """Mirror of the encoder: residual blocks, then 4x4 transposed convolutions double the size.
+
+    It outputs the pixels' means (a squared-error decoder) or, for `decoder` "logistic", their means and
+    log-scales: a distribution over each pixel's 256 levels (stage1_vqvae/pixels.py)."""
 
     def __init__(self, config: VQVAEConfig) -> None:
         super().__init__()
+        self.channels = config.in_channels
         layers: list[nn.Module] = [nn.Conv2d(config.code_dim, config.hidden, 3, padding=1), residual_stack(config)]
         for i in range(config.downsamples):
             last = i == config.downsamples - 1
-            out = config.in_channels if last else config.hidden
+            out = config.in_channels * (2 if config.decoder == "logistic" else 1) if last else config.hidden
             layers.append(nn.ConvTranspose2d(config.hidden, out, 4, stride=2, padding=1))
             if not last:
                 layers.append(nn.ReLU())
         self.net = nn.Sequential(*layers)
 
-    def forward(self, quantized: torch.Tensor) -> torch.Tensor:
-        quantized = quantized.contiguous(memory_format=torch.channels_last)
-        return self.net(quantized) + 0.5  # (B, D, h, w) -> (B, C, H, W), images in [0, 1]
+    def forward(self, quantized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, D, h, w) -> (means (B, C, H, W) of images in [0, 1], log-scales (B, C, H, W) or None)."""
+        out = self.net(quantized.contiguous(memory_format=torch.channels_last))
+        if out.shape[1] == self.channels:
+            return out + 0.5, None
+        means, log_scales = out.chunk(2, 1)
+        return means + 0.5, log_scales
 
 
 class VQVAEOutput(NamedTuple):
-    reconstruction: torch.Tensor  # (B, C, H, W)
+    reconstruction: torch.Tensor        # (B, C, H, W): the pixels' means
     quantizer: QuantizerOutput
+    log_scales: torch.Tensor | None = None  # (B, C, H, W), a logistic decoder's
 
 
 class VQVAE(nn.Module, Pretrained):
@@ -91,7 +100,8 @@ class VQVAE(nn.Module, Pretrained):
 
     def forward(self, images: torch.Tensor) -> VQVAEOutput:
         quantized = self.quantizer(self.encoder(images))
-        return VQVAEOutput(self.decoder(quantized.quantized), quantized)
+        means, log_scales = self.decoder(quantized.quantized)
+        return VQVAEOutput(means, quantized, log_scales)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -99,11 +109,12 @@ class VQVAE(nn.Module, Pretrained):
         return self.quantizer(self.encoder(images)).indices
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (B, h, w) -> images (B, C, h * f, w * f), through the codebook as the decoder saw it.
+        """codes (B, h, w) -> images (B, C, h * f, w * f), through the codebook as the decoder saw it (a
+        logistic decoder's means).
 
         The decoder is convolutional: a grid larger than the training grid decodes to a larger image."""
         if codes.dim() != 3:
             raise VQGenError(f"codes must be (B, h, w); got shape {tuple(codes.shape)}")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.config.codebook_size):
             raise VQGenError(f"codes must lie in [0, {self.config.codebook_size}) for this VQ-VAE")
-        return self.decoder(self.quantizer.lookup(codes))
+        return self.decoder(self.quantizer.lookup(codes))[0]

@@ -17,6 +17,7 @@ from vqgen.engine.runtime import seed_everything
 from vqgen.engine.trainer import Figure, StepResult, TrainConfig, Trainer
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.model import VQVAE
+from vqgen.stage1_vqvae.pixels import discretized_logistic_bits, discretized_logistic_nats
 from vqgen.stage1_vqvae.quantizer import usage_stats
 
 EVAL_BATCH = 256
@@ -31,21 +32,26 @@ def psnr(mse: torch.Tensor | float) -> float:
 @torch.no_grad()
 def evaluate_vqvae(model: VQVAE, data: BatchedImages, device: torch.device, limit: int | None = None,
                    seed: int = 0) -> dict[str, float]:
-    """Held-out MSE, PSNR, perplexity and codebook use, over `limit` images drawn by `seed` within each
-    class and spread over the classes (data/rows.py)."""
+    """Held-out MSE, PSNR, perplexity and codebook use (and a logistic decoder's bits/dim), over `limit`
+    images drawn by `seed` within each class and spread over the classes (data/rows.py)."""
     rows = spread_rows(data.labels, len(data), len(data) if limit is None else limit, seed)
-    sq_error, pixels = 0.0, 0
+    sq_error, bits, pixels = 0.0, 0.0, 0
     counts = torch.zeros(model.config.codebook_size, dtype=torch.long, device=device)
     for start in range(0, len(rows), EVAL_BATCH):
         images, _ = data.__getitems__(rows[start:start + EVAL_BATCH])
         images = images.to(device)
         out = model(images)
         sq_error += float(F.mse_loss(out.reconstruction.float(), images, reduction="sum"))
+        if out.log_scales is not None:
+            bits += float(discretized_logistic_bits(images, out.reconstruction.float(), out.log_scales.float()).sum())
         pixels += images.numel()
         counts += torch.bincount(out.quantizer.indices.flatten(), minlength=counts.numel())
     mse = sq_error / max(pixels, 1)
     perplexity, used = usage_stats(counts.double())
-    return {"mse": mse, "psnr": psnr(mse), "perplexity": float(perplexity), "codes_used": float(used)}
+    figures = {"mse": mse, "psnr": psnr(mse), "perplexity": float(perplexity), "codes_used": float(used)}
+    if model.config.decoder == "logistic":
+        figures["decoder_bits_per_dim"] = bits / max(pixels, 1)
+    return figures
 
 
 class VQVAETask:
@@ -66,7 +72,11 @@ class VQVAETask:
         mse = F.mse_loss(out.reconstruction.float(), images)
         q = out.quantizer
         metrics = {"mse": mse.detach(), "perplexity": q.perplexity.detach(), "usage": q.usage.detach()}
-        return StepResult(mse + q.loss, metrics)
+        if out.log_scales is None:
+            return StepResult(mse + q.loss, metrics)
+        nats = discretized_logistic_nats(images, out.reconstruction.float(), out.log_scales.float()).mean()
+        metrics["bits_per_dim"] = nats.detach() / math.log(2)
+        return StepResult(nats + q.loss, metrics)
 
     def after_step(self, step: int) -> dict[str, float]:
         """Dead-code restarts every `restart_every` steps (a host sync, so not every step)."""

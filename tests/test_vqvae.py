@@ -52,6 +52,31 @@ def test_codes_through_codebook_and_decoder_equal_reconstruction() -> None:
         assert torch.allclose(model.decode(model.encode(images)), expected, atol=1e-6)
 
 
+def test_a_logistic_decoder_gives_means_and_log_scales_and_trains_by_its_likelihood(
+        tmp_path: Path, digits: tuple[ImageDataset, ImageDataset]) -> None:
+    from vqgen.pipeline.evaluation.likelihood import bits_per_dim
+    from vqgen.stage2_prior.config import PriorConfig
+    from vqgen.stage2_prior.model import GatedPixelCNN
+
+    config = VQVAEConfig.tiny(in_channels=3, image_height=8, image_width=8, downsamples=1, decoder="logistic")
+    model = VQVAE(config)
+    images = torch.randint(0, 256, (2, 3, 8, 8)).float() / 255
+    out = model(images)
+    assert out.reconstruction.shape == out.log_scales.shape == images.shape
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().decode(model.encode(images)), model(images).reconstruction)
+    train, held_out = digits
+    result = train_vqvae(VQVAEConfig.tiny(decoder="logistic"), replace(TINY_TRAIN, steps=40, lr=3e-3), train, held_out, tmp_path / "v",
+                         progress=False)
+    bits = [r["bits_per_dim"] for r in read_metrics(tmp_path / "v" / "metrics.jsonl") if r["split"] == "train"]
+    assert sum(bits[-10:]) < sum(bits[:10]) and 0 < result["evaluation"]["decoder_bits_per_dim"]  # batches of 8: noisy
+    vqvae = VQVAE.from_pretrained(tmp_path / "v")
+    assert vqvae.config.decoder == "logistic"
+    prior = GatedPixelCNN(PriorConfig.tiny(codebook_size=vqvae.config.codebook_size, grid_height=7, grid_width=7))
+    likelihood = bits_per_dim(vqvae, prior, train, held_out, count=16)
+    assert likelihood["sigma"] is None and likelihood["decoder_bits_per_dim"] > 0
+
+
 def test_image_size_must_divide() -> None:
     with pytest.raises(UsageError, match="image_height=30 is not divisible by 2\\*\\*downsamples=4"):
         VQVAEConfig.tiny(image_height=30)
