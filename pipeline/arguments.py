@@ -16,7 +16,7 @@ from vqgen.data.images import DATASETS
 from vqgen.engine.efficiency import describe_reference_rates
 from vqgen.engine.runtime import describe_machine
 from vqgen.engine.trainer import TrainConfig
-from vqgen.pipeline.evaluation.evaluate import MIN_IMAGES, N_PER_CLASS, EvalOptions
+from vqgen.pipeline.evaluation.evaluate import GUIDANCE, MIN_IMAGES, N_PER_CLASS, EvalOptions
 from vqgen.pipeline.options import add_config_options
 from vqgen.pipeline.presets import RUN_PRESETS
 from vqgen.pipeline.evaluation.standard_fid import FID_SAMPLES
@@ -116,8 +116,10 @@ def _add_eval(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-p", dest="top_ps", type=_top_p, nargs="+", default=defaults.top_ps, metavar="P",
                        help="top-p (nucleus) values to score, 'none' for all codes")
     group.add_argument("--guidance", dest="guidances", type=_guidance, nargs="+", default=defaults.guidances,
-                       metavar="S", help="guidance scales to score (default: 1, 1.5, 2 and 3 for a prior trained "
-                                         "with label dropout, else 1)")
+                       metavar="S", help="guidance scales to score (default: "
+                       f"{', '.join(f'{g:g}' for g in GUIDANCE)} for a prior trained with label dropout, else 1); "
+                       "eval searches guidance first, at the temperature nearest 1 and the first truncation, "
+                       "then every temperature and truncation at the best guidance")
     group.add_argument("--guidance-schedule", dest="guidance_schedules", choices=GUIDANCE_SCHEDULES, nargs="+",
                        default=defaults.guidance_schedules, metavar="NAME",
                        help="guidance schedules to score with every scale but 1: constant, linear (1 at the "

@@ -25,9 +25,6 @@ class RealImages:
     def __init__(self, pool: ImageDataset, shuffle: bool) -> None:
         self.pool, self.shuffle = pool, shuffle
 
-    def spread_labels(self, n: int) -> torch.Tensor:
-        return torch.arange(n) * self.num_classes // n
-
     def sample_with(self, n: int, labels: torch.Tensor, options: SamplingOptions, seed: int | None = None,
                     progress: bool = True) -> Samples:
         generator = torch.Generator().manual_seed(seed or 0)
@@ -58,3 +55,26 @@ def test_cas_reads_whether_samples_teach_their_classes(shuffle: bool, digits: tu
         assert score["samples"] < 0.25, f"samples with shuffled labels scored {score['samples']:.1%}"
     else:
         assert score["samples"] > score["real"] - 0.1, f"real images as samples scored {score['samples']:.1%}"
+
+
+def test_samples_drawn_already_count_towards_each_class(digits: tuple, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eval's fresh draw is part of CAS's samples: only what each class lacks is drawn, in class order."""
+    monkeypatch.setattr(cas, "CAS_IMAGES", 100)
+    trained: dict[str, ImageDataset] = {}
+    monkeypatch.setattr(cas, "fit_judge", lambda config, data, test, out, *a, **k:
+                        trained.setdefault(out.name, data) and (None, 0.5))
+    train, pool, test = digits
+    generator, asked = RealImages(pool, shuffle=False), []
+    real_sample_with = generator.sample_with
+    generator.sample_with = lambda n, labels, *a, **k: asked.append(labels) or real_sample_with(n, labels, *a, **k)
+    labels = torch.tensor([0, 0, 3, 3, 3])
+    images = real_sample_with(5, labels, SamplingOptions(), seed=1).images
+    score = cas.classification_accuracy_score(generator, SamplingOptions(), train, test, tmp_path / "cas", seed=0,
+                                              device="cpu", progress=False, drawn=(images, labels))
+    (extra,) = asked
+    assert torch.equal(torch.bincount(extra, minlength=10), torch.tensor([8, 10, 10, 7] + [10] * 6))
+    assert bool((extra[1:] >= extra[:-1]).all())
+    samples = trained["samples"]
+    assert score["images"] == len(samples) == 100 and torch.equal(torch.bincount(samples.labels), torch.full((10,), 10))
+    assert torch.equal(samples.images[:5], images.mul(255).round().to(torch.uint8))  # the given ones first

@@ -20,7 +20,7 @@ from vqgen.engine.trainer import saved_step
 from vqgen.pipeline.cli import main
 from vqgen.data.images import DatasetInfo, ImageDataset
 from vqgen.engine.errors import UsageError
-from vqgen.pipeline.evaluation.evaluate import SETTING_KEYS, EvalOptions, evaluate_run, held_out
+from vqgen.pipeline.evaluation.evaluate import SETTING_KEYS, EvalOptions, evaluate_run, held_out, setting_name
 from vqgen.pipeline.generate import SAMPLING_FILE, Generator, load_sampling, save_sampling
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.sampling import SamplingOptions
@@ -51,8 +51,16 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Path:
     return out
 
 
+GUIDINGS = [(1.0, "constant", 1.0)] + [(g, schedule, 1.0) for g in (1.5, 2.0, 3.0, 5.0) for schedule in ("constant", "linear")]
+TRUNCATIONS = [(None, None), (8, None), (None, 0.9)]  # all codes, K/8, top-p 0.9
+
+
 def settings_of(entries: list[dict]) -> list[tuple]:
     return [tuple(s[k] for k in SETTING_KEYS) for s in entries]
+
+
+def guiding_of(entry: dict) -> tuple:
+    return tuple(entry[k] for k in ("guidance", "guidance_schedule", "guidance_interval"))
 
 
 def test_run_with_eval_writes_eval_json_of_the_documented_shape(evaluated: Path) -> None:
@@ -62,10 +70,10 @@ def test_run_with_eval_writes_eval_json_of_the_documented_shape(evaluated: Path)
     assert {"frechet", "precision", "recall"} <= set(report["real"])
     assert SCORE_KEYS <= set(report["reconstructions"])
     assert json.loads((evaluated / "prior" / "config.json").read_text())["codebook_size"] == 64
-    assert settings_of(report["selection"]) == [(t, k, p, g, "constant", 1.0)  # all codes, K/8, top-p 0.9
-                                                for t in (0.9, 1.0, 1.1)
-                                                for k, p in ((None, None), (8, None), (None, 0.9))
-                                                for g in (1.0, 1.5, 2.0, 3.0)]
+    ladder, around = report["selection"][:9], report["selection"][9:]  # guidance first, then the rest at its best
+    assert settings_of(ladder) == [(1.0, None, None, *g) for g in GUIDINGS]
+    assert settings_of(around) == [(t, k, p, *guiding_of(min(ladder, key=lambda s: s["frechet"])))
+                                   for t in (0.9, 1.0, 1.1) for k, p in TRUNCATIONS if (t, k, p) != (1.0, None, None)]
     assert {s["n"] for s in report["selection"]} == {report["n"]}  # too few samples to screen on a share
     for scores in [report["real"], report["reconstructions"], *report["selection"], report["chosen"]]:
         assert all(0.0 <= scores[k] <= 1.0 for k in ("class_accuracy", "precision", "recall"))
@@ -73,7 +81,7 @@ def test_run_with_eval_writes_eval_json_of_the_documented_shape(evaluated: Path)
     best = min(report["selection"], key=lambda s: s["frechet"])
     assert settings_of([report["chosen"]]) == settings_of([best]) and report["chosen"]["selection_frechet"] == best["frechet"]
     cas = report["classification_accuracy_score"]
-    assert 0 <= cas["samples"] <= 1 and 0 <= cas["real"] <= 1 and cas["images"] == 2000
+    assert 0 <= cas["samples"] <= 1 and 0 <= cas["real"] <= 1 and cas["images"] == 2000  # the fresh draw's among them
     assert json.loads((evaluated / "report.json").read_text())["eval"] == report
 
 
@@ -88,11 +96,11 @@ def test_the_chosen_setting_is_reported_on_a_fresh_draw_and_another_reference(ev
                         seeds.append(seed) or real_sample_with(self, n, labels, options, seed, *a, **k))
     report = evaluate_run(run, EvalOptions(temperatures=(1.0,), guidances=(1.0,), seed=7, device="cpu"),
                           progress=False)
-    assert seeds == [7, 7, 7, 8, 9]  # three settings on one draw; the chosen one afresh; CAS's samples
+    assert seeds == [7, 7, 7, 8, 9]  # three settings on one draw; the chosen one afresh; the rest of CAS's samples
     assert report["chosen"]["frechet"] != report["chosen"]["selection_frechet"]
 
 
-def test_successive_halving_screens_every_setting_on_a_share_and_tops_up_the_best_third(
+def test_successive_halving_screens_the_search_on_a_share_and_tops_up_the_best_third(
         evaluated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each round scores the settings left on more samples (the earlier ones and a top-up of other seeds),
     keeps the lowest third, and the lowest at the full draw is chosen. A stand-in score (the mean pixel)
@@ -108,9 +116,11 @@ def test_successive_halving_screens_every_setting_on_a_share_and_tops_up_the_bes
     monkeypatch.setattr(evaluate._Scorer, "grid", lambda self, images, path: drawn.setdefault(
         (path.name, len(images)), images))
     report = evaluate_run(run, EvalOptions(n_per_class=2, device="cpu"), progress=False)
-    screen, final = report["selection"][:36], report["selection"][36:]
-    assert [s["n"] for s in screen] == [2] * 36 and [s["n"] for s in final] == [4] * 12  # 1, then 2 of each class
-    lowest = sorted(screen, key=lambda s: s["frechet"])[:12]
+    screen, final = report["selection"][:17], report["selection"][17:]  # 9 guidings, 8 more at the best
+    assert [s["n"] for s in screen] == [2] * 17 and [s["n"] for s in final] == [4] * 6  # 1, then 2 of each class
+    assert settings_of(screen[9:]) == [(t, k, p, *guiding_of(min(screen[:9], key=lambda s: s["frechet"])))
+                                       for t in (0.9, 1.0, 1.1) for k, p in TRUNCATIONS if (t, k, p) != (1.0, None, None)]
+    lowest = sorted(screen, key=lambda s: s["frechet"])[:6]
     assert set(settings_of(final)) == set(settings_of(lowest))
     assert settings_of([report["chosen"]]) == settings_of([min(final, key=lambda s: s["frechet"])])
     for (name, n), images in drawn.items():
@@ -210,11 +220,15 @@ def test_eval_command_rescores_with_the_settings_asked(evaluated: Path, tmp_path
                  "--device", "cpu") == 0
     report = json.loads((run / "eval.json").read_text())
     guidings = [(1.0, "constant", 1.0), (1.5, "constant", 0.5), (1.5, "linear", 0.5)]  # scale 1 has no schedule
-    assert settings_of(report["selection"]) == [(t, k, 0.8, *g) for t in (0.5, 2.0) for k in (None, 3) for g in guidings]
+    ladder, around = report["selection"][:3], report["selection"][3:]  # at the temperature nearest 1 (the first of a tie)
+    assert settings_of(ladder) == [(0.5, None, 0.8, *g) for g in guidings]
+    best = guiding_of(min(ladder, key=lambda s: s["frechet"]))
+    assert settings_of(around) == [(t, k, 0.8, *best) for t in (0.5, 2.0) for k in (None, 3) if (t, k) != (0.5, None)]
     out = capsys.readouterr().out
     assert "real held-out (floor)" in out and "x real" in out and "chosen: T=" in out
     assert "classification accuracy score" in out
-    assert (run / "eval" / "samples-t2-topk3-topp0.8-g1.5-linear-first0.5.png").exists()
+    assert (run / "eval" / "samples-t0.5-topkall-topp0.8-g1.5-linear-first0.5.png").exists()
+    assert (run / "eval" / f"{setting_name(SamplingOptions(2.0, 3, 0.8, *best))}.png").exists()
     assert (run / "eval" / "chosen.png").exists()
     assert load_sampling(run / "prior") == SamplingOptions(*(report["chosen"][k] for k in SETTING_KEYS))
 
@@ -261,21 +275,26 @@ def test_a_later_eval_redraws_the_run_grid_at_its_choice(evaluated: Path, folder
     assert any(line.startswith("chosen: T=") for line in printed)
 
 
-def test_default_settings_scale_top_k_with_the_codebook_and_guide_only_with_a_null_class() -> None:
+def test_default_search_scales_top_k_with_the_codebook_and_guides_only_with_a_null_class() -> None:
     guided, plain = PriorConfig.small(codebook_size=512, num_classes=10), PriorConfig.small(codebook_size=512)
-    as_tuples = lambda settings: [(s.temperature, s.top_k, s.top_p, s.guidance) for s in settings]  # noqa: E731
-    assert as_tuples(EvalOptions(temperatures=(1.0,)).settings(guided)) == [
-        (1.0, k, p, g) for k, p in ((None, None), (64, None), (None, 0.9)) for g in (1.0, 1.5, 2.0, 3.0)]
-    assert as_tuples(EvalOptions(temperatures=(1.0,)).settings(plain)) == [
-        (1.0, None, None, 1.0), (1.0, 64, None, 1.0), (1.0, None, 0.9, 1.0)]
-    assert as_tuples(EvalOptions(temperatures=(0.5,), top_ks=(3, None), top_ps=(0.8,)).settings(plain)) == [
-        (0.5, 3, 0.8, 1.0), (0.5, None, 0.8, 1.0)]
-    scheduled = EvalOptions(temperatures=(1.0,), top_ks=(None,), guidances=(1.0, 2.0),
-                            guidance_schedules=("constant", "linear"), guidance_intervals=(1.0, 0.5)).settings(guided)
-    assert [(s.guidance, s.guidance_schedule, s.guidance_interval) for s in scheduled] == [
-        (1.0, "constant", 1.0), (2.0, "constant", 1.0), (2.0, "constant", 0.5), (2.0, "linear", 1.0), (2.0, "linear", 0.5)]
+    as_tuples = lambda settings: [(s.temperature, s.top_k, s.top_p, s.guidance, s.guidance_schedule)  # noqa: E731
+                                  for s in settings]
+    ladder = EvalOptions().ladder(guided)
+    assert as_tuples(ladder) == [(1.0, None, None, g, schedule) for g, schedule, _ in GUIDINGS]
+    assert as_tuples(EvalOptions(temperatures=(1.0,)).around(guided, ladder[3])) == [
+        (1.0, k, p, 2.0, "constant") for k, p in ((None, None), (64, None), (None, 0.9))]
+    assert as_tuples(EvalOptions().ladder(plain)) == [(1.0, None, None, 1.0, "constant")]
+    plain_options = EvalOptions(temperatures=(0.5,), top_ks=(3, None), top_ps=(0.8,))
+    assert as_tuples(plain_options.around(plain, plain_options.ladder(plain)[0])) == [
+        (0.5, 3, 0.8, 1.0, "constant"), (0.5, None, 0.8, 1.0, "constant")]
+    assert EvalOptions(temperatures=(0.5, 0.9, 1.2)).ladder(plain)[0].temperature == 0.9
+    scheduled = EvalOptions(guidances=(1.0, 2.0), guidance_intervals=(1.0, 0.5)).guidings(guided)
+    assert scheduled == [(1.0, "constant", 1.0), (2.0, "constant", 1.0), (2.0, "constant", 0.5), (2.0, "linear", 1.0),
+                         (2.0, "linear", 0.5)]
     with pytest.raises(UsageError, match="--guidance=2 needs a prior trained with label dropout"):
-        EvalOptions(guidances=(2.0,)).settings(PriorConfig.small(num_classes=10, label_dropout=0.0))
+        EvalOptions(guidances=(2.0,)).check(PriorConfig.small(num_classes=10, label_dropout=0.0))
+    with pytest.raises(UsageError, match="--top-k=600 is not allowed"):
+        EvalOptions(top_ks=(600,)).check(guided)
 
 
 def test_judge_is_trained_once_and_read_back(tmp_path: Path) -> None:

@@ -18,18 +18,16 @@ from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.trainer import TrainConfig, saved_step
 from vqgen.engine.units import codes, describe
 from vqgen.pipeline.cli import main
-from vqgen.pipeline.evaluation.evaluate import EvalOptions, setting_name
+from vqgen.pipeline.evaluation.evaluate import SETTING_KEYS, setting_name
 from vqgen.pipeline.plots import Panel, linear_axis, log_axis, plot_curves, tick_label
 from vqgen.stage2_prior.config import PriorConfig
+from vqgen.stage2_prior.sampling import SamplingOptions
 from vqgen.stage2_prior.train import train_prior
 
 from test_cli import TINY_RUN, vqgen
 from test_prior_training import structured_latents
 
 MISSING = "--tensorboard needs the tensorboard package: pip install 'vqgen[tensorboard]'"
-SETTINGS = [setting_name(s) for s in EvalOptions().settings(PriorConfig.small(codebook_size=64, num_classes=2))]
-
-
 def events(directory: Path) -> EventAccumulator:
     accumulator = EventAccumulator(str(directory), size_guidance={"scalars": 0, "images": 0})
     accumulator.Reload()
@@ -47,7 +45,10 @@ def logged(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Path:
 def test_every_stage_of_a_run_gets_its_scalars_and_images(logged: Path) -> None:
     boards = logged / "tensorboard"
     assert sorted(p.name for p in boards.iterdir()) == ["eval", "judge", "prior", "samples", "vqvae"]
-    sets = ["real", "reconstructions", *SETTINGS]
+    scored = json.loads((logged / "eval.json").read_text())["selection"]
+    settings = list(dict.fromkeys(setting_name(SamplingOptions(*(s[k] for k in SETTING_KEYS))) for s in scored))
+    assert len(settings) == 17  # the default search: 9 guidings, then 8 temperatures and truncations at the best
+    sets = ["real", "reconstructions", *settings]
     expected = {
         "vqvae": ({f"vqvae/train/{k}" for k in ("loss", "mse", "perplexity", "usage", "lr", "images_per_s")}
                   | {f"vqvae/eval/{k}" for k in ("mse", "psnr", "perplexity", "codes_used")},
@@ -59,7 +60,7 @@ def test_every_stage_of_a_run_gets_its_scalars_and_images(logged: Path) -> None:
         "eval": ({f"eval/{s}/{k}" for s in sets for k in ("frechet", "precision", "recall", "class_accuracy")}
                  | {"eval/judge/test_accuracy", "eval/chosen/temperature", "eval/chosen/frechet",
                     "eval/chosen/selection_frechet", "eval/classification_accuracy_score/samples"},
-                 {f"eval/{name}/grid" for name in [*SETTINGS, "chosen"]}),
+                 {f"eval/{name}/grid" for name in [*settings, "chosen"]}),
         "samples": (set(), {"samples/grid"}),
     }
     for stage, (scalars, images) in expected.items():

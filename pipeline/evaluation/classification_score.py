@@ -10,7 +10,8 @@ of it. The same training on as many real train images is the ceiling.
 
 Both classifiers are the judge's architecture (pipeline/evaluation/judge.py) trained by its recipe
 for a fixed CAS_STEPS steps, on CAS_IMAGES images drawn at random within each class and spread over
-the classes.
+the classes. The samples may begin with some drawn already (eval's fresh draw of the chosen setting),
+the rest drawn here.
 """
 
 from __future__ import annotations
@@ -40,14 +41,18 @@ def _as_dataset(images: torch.Tensor, labels: torch.Tensor, like: DatasetInfo, n
 
 def classification_accuracy_score(generator: Generator, options: SamplingOptions, train: BatchedImages,
                                   test: BatchedImages, out_dir: Path, seed: int, device: str = "auto",
-                                  progress: bool = True) -> dict[str, Any]:
+                                  progress: bool = True,
+                                  drawn: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     """Test accuracy of a classifier trained on samples drawn with `options` (`samples`), and of one
-    trained on as many real train images (`real`, kept in out_dir/real); both on the whole test split."""
+    trained on as many real train images (`real`, kept in out_dir/real); both on the whole test split.
+    `drawn`: (images, labels) sampled with `options` already, which count towards each class's share."""
     classes = generator.num_classes
     count = math.ceil(CAS_IMAGES / classes) * classes
-    labels = generator.spread_labels(count)
-    drawn = generator.sample_with(count, labels, options, seed, progress)
-    samples = _as_dataset(drawn.images, labels, train.info, "samples")
+    images, labels = drawn if drawn is not None else (torch.empty(0), torch.empty(0, dtype=torch.long))
+    missing = (count // classes - torch.bincount(labels.long(), minlength=classes)).clamp(min=0)
+    extra = torch.repeat_interleave(torch.arange(classes), missing)  # sorted, so grid rows show classes
+    more = generator.sample_with(len(extra), extra, options, seed, progress).images
+    samples = _as_dataset(torch.cat([images, more]), torch.cat([labels.long(), extra]), train.info, "samples")
     rows = spread_rows(train.labels, len(train), count, seed)
     real = _as_dataset(*train.__getitems__(rows), train.info, "real")
     config = JudgeConfig.for_data(train.info, labelled=True)
@@ -55,4 +60,4 @@ def classification_accuracy_score(generator: Generator, options: SamplingOptions
     # eval runs on rank 0 alone under torchrun, so these train in this process only
     _, on_samples = fit_judge(config, samples, test, out_dir / "samples", CAS_STEPS, device, progress, alone=True)
     _, on_real = fit_judge(config, real, test, out_dir / "real", CAS_STEPS, device, progress, alone=True)
-    return {"samples": on_samples, "real": on_real, "images": count, "steps": CAS_STEPS}
+    return {"samples": on_samples, "real": on_real, "images": len(samples), "steps": CAS_STEPS}

@@ -5,12 +5,15 @@ Reconstruction PSNR and bits per code do not say whether samples look like the d
 scored against real held-out images it does not contain:
 - real: n real held-out images, the floor no model can beat at this n;
 - reconstructions: the same n real images through the VQ-VAE, the floor of this decoder;
-- the selection draw: class-conditional samples for each sampling setting asked for (temperature,
-  top-k, top-p, guidance and its schedule), scored against a selection reference of 2n real images
-  by successive halving (Jamieson & Talwalkar 2016, arXiv 1502.07943): every setting is drawn at n/4,
-  the best third of them topped up to n/2, the best third of those to n, and the lowest Frechet
-  distance at n wins (`_select`). Settings far from the data are told apart by a quarter of the samples, so a
-  screen of 36 settings costs what 14 cost in full, and the last comparison is still at n;
+- the selection draw: class-conditional samples at the sampling settings asked for (temperature,
+  top-k, top-p, guidance and its schedule), scored against a selection reference of 2n real images.
+  The settings are searched a coordinate at a time, then by successive halving (Jamieson & Talwalkar
+  2016, arXiv 1502.07943; `_select`): the guidance ladder (every scale and schedule) is drawn at n/4
+  at the temperature nearest 1 with the first truncation, then every temperature and truncation at
+  the ladder's best guidance; the best third of all of them is topped up to n/2, the best third of
+  those to n, and the lowest Frechet distance at n wins. On CIFAR-10 the best guidance was the same
+  at every temperature and truncation (README, "Color images"), so of the default 81-setting grid the
+  search scores 17 at n/4, and costs what 7 full draws cost;
 - the chosen setting, drawn afresh (another seed) and scored against a second reference of 2n other
   real images, beside the floors.
 The minimum over many noisy scores is biased low (the seed-to-seed spread of a Frechet distance at
@@ -22,7 +25,8 @@ n = n_per_class x classes, the held-out images drawn at random within each class
 (data/rows.py; an unlabelled dataset is shuffled into 10 groups); the default n_per_class keeps
 n >= MIN_IMAGES, as 128-dimensional covariances from fewer images are biased. For a
 class-conditional prior eval also reports the classification accuracy score
-(pipeline/evaluation/classification_score.py) of the chosen setting, which guidance cannot inflate.
+(pipeline/evaluation/classification_score.py) of the chosen setting, which guidance cannot inflate;
+its classifier trains on the fresh draw and more samples of that setting.
 
 The chosen setting is saved beside the prior as its sampling defaults (pipeline/generate.py). With
 TensorBoard, every set's scores become scalars eval/SET/NAME and each setting's grid the image
@@ -35,7 +39,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from PIL import Image
@@ -65,7 +69,8 @@ N_PER_CLASS = 50
 GRID_PER_CLASS = 10
 TOP_K_SHARE = 8        # default truncations: all codes, top-k K/8, or top-p TOP_P
 TOP_P = 0.9
-GUIDANCE = (1.0, 1.5, 2.0, 3.0)  # default guidance scales for a prior with a null class (3 won on CIFAR-10)
+GUIDANCE = (1.0, 1.5, 2.0, 3.0, 5.0)  # default scales for a prior with a null class (README, "Color images")
+GUIDANCE_SCHEDULES = ("constant", "linear")  # a linear ramp to 5 beat every constant scale on CIFAR-10
 SETTING_KEYS = ("temperature", "top_k", "top_p", "guidance", "guidance_schedule", "guidance_interval")
 SHARES = (4, 2, 1)  # successive halving: the rounds draw n/4, n/2 and n samples of each setting left
 KEEP = 3            # each screening round keeps the best third
@@ -75,20 +80,21 @@ SCREEN_IMAGES = 100  # the fewest samples a screening round judges a setting by
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """What eval scores: every temperature with every truncation and guidance scale.
+    """What eval searches: temperatures, truncations and guidance (a scale, its schedule and interval).
 
     Truncations: with neither `top_ks` nor `top_ps` given, all codes, top-k K/8 (as a share of K the same
     grid suits any codebook) and top-p 0.9, three ways of cutting off the rare codes that make broken
     strokes at little cost in diversity; with either given, every top-k with every top-p (None: no
-    truncation). `guidances=None` means 1, 1.5, 2 and 3 for a prior trained with a null class, else 1.
-    `n_per_class=None` means 50, or more where needed to reach MIN_IMAGES per set."""
+    truncation). `guidances=None` means GUIDANCE for a prior trained with a null class, else 1; every
+    scale but 1 is tried at every schedule and interval. `n_per_class=None` means 50, or more where
+    needed to reach MIN_IMAGES per set."""
 
     n_per_class: int | None = None
     temperatures: tuple[float, ...] = (0.9, 1.0, 1.1)
     top_ks: tuple[int | None, ...] | None = None
     top_ps: tuple[float | None, ...] | None = None
     guidances: tuple[float, ...] | None = None
-    guidance_schedules: tuple[str, ...] = ("constant",)
+    guidance_schedules: tuple[str, ...] = GUIDANCE_SCHEDULES
     guidance_intervals: tuple[float, ...] = (1.0,)
     seed: int = 0
     device: str = "auto"
@@ -105,13 +111,24 @@ class EvalOptions:
                                   for g in guidances for schedule in self.guidance_schedules
                                   for interval in self.guidance_intervals))
 
-    def settings(self, config: PriorConfig) -> list[SamplingOptions]:
-        """Every combination, each checked against the prior (so a bad one stops eval before any work)."""
-        settings = [SamplingOptions(t, top_k, top_p, *guiding) for t in self.temperatures
-                    for top_k, top_p in self.truncations(config.codebook_size) for guiding in self.guidings(config)]
-        for options in settings:
-            options.check(config)
-        return settings
+    def ladder(self, config: PriorConfig) -> list[SamplingOptions]:
+        """The search's first coordinate: every guidance at the temperature nearest 1 and the first truncation."""
+        temperature = min(self.temperatures, key=lambda t: abs(math.log(t)))
+        return [SamplingOptions(temperature, *self.truncations(config.codebook_size)[0], *guiding)
+                for guiding in self.guidings(config)]
+
+    def around(self, config: PriorConfig, guided: SamplingOptions) -> list[SamplingOptions]:
+        """The second: every temperature with every truncation, at the guidance of `guided`."""
+        guiding = (guided.guidance, guided.guidance_schedule, guided.guidance_interval)
+        return [SamplingOptions(t, top_k, top_p, *guiding) for t in self.temperatures
+                for top_k, top_p in self.truncations(config.codebook_size)]
+
+    def check(self, config: PriorConfig) -> None:
+        """Every combination the search may reach, checked against the prior (so a bad one stops eval before
+        any work)."""
+        for guided in self.ladder(config):
+            for options in self.around(config, guided):
+                options.check(config)
 
 
 @dataclass(frozen=True)
@@ -262,14 +279,14 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
         # not from_pretrained: the prior's saved defaults must not stand in for the settings asked for
         generator = Generator(VQVAE.from_pretrained(out / "vqvae"), GatedPixelCNN.from_pretrained(out / "prior"),
                               device=options.device)
-        settings = options.settings(generator.prior.config)  # checked before the judge trains
+        options.check(generator.prior.config)  # before the judge trains
         check_evaluable(test, options.n_per_class)
         with directory_lock(out / "prior", ctx):  # sampling.json is written there
             judge, judge_accuracy = train_judge(train, test, out / "judge", options.device, progress,
                                                 sub_run(tensorboard, "judge"))
 
             def score() -> dict[str, Any]:
-                report = _score_run(out, options, settings, generator, judge.to(generator.device), train, test,
+                report = _score_run(out, options, generator, judge.to(generator.device), train, test,
                                     progress, {"test_accuracy": judge_accuracy, "task": judge.config.task})
                 report["seconds"] = time.perf_counter() - start
                 write_json(out / EVAL_FILE, report)
@@ -282,7 +299,7 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
     return report
 
 
-def _score_run(out: Path, options: EvalOptions, settings: list[SamplingOptions], generator: Generator, judge: Judge,
+def _score_run(out: Path, options: EvalOptions, generator: Generator, judge: Judge,
                train: BatchedImages, test: BatchedImages, progress: bool, judge_figures: dict[str, Any]) -> dict[str, Any]:
     rows = held_out(test, options.n_per_class, options.seed)
     scorer = _Scorer(generator, judge, rows, test)
@@ -293,48 +310,63 @@ def _score_run(out: Path, options: EvalOptions, settings: list[SamplingOptions],
         "reconstructions": _score(judge, _reconstruct(generator, real), scorer.reference, rows.labels),
         "selection": [],
     }
-    chosen, selection_frechet = _select(scorer, settings, judge, out, options.seed, progress, report["selection"])
+    config = generator.prior.config
+    chosen, selection_frechet = _select(scorer, options.ladder(config), lambda best: options.around(config, best),
+                                        judge, out, options.seed, progress, report["selection"])
     fresh = scorer.draw(chosen, options.seed + 1)
     report["chosen"] = {**asdict(chosen), **_score(judge, fresh, scorer.reference, scorer.labels),
                         "selection_frechet": selection_frechet}
     scorer.grid(fresh, out / "eval" / "chosen.png")
     report["classification_accuracy_score"] = classification_accuracy_score(
         generator, chosen, train, test, out / "eval" / "cas", options.seed + 2, options.device,
-        progress) if scorer.conditional else None
+        progress, drawn=(fresh, scorer.labels)) if scorer.conditional else None
     return report
 
 
-def _select(scorer: _Scorer, settings: list[SamplingOptions], judge: Judge, out: Path, seed: int, progress: bool,
-            record: list[dict[str, Any]]) -> tuple[SamplingOptions, float]:
-    """The setting of lowest Frechet distance against the selection reference, by successive halving
-    (module docstring): each round tops its settings' samples up to its size, scores them, and keeps the
-    best third for the next. A screening round runs only while more than KEEP settings are left and it
-    scores each by at least SCREEN_IMAGES samples. Every score is appended to `record`; returns the
-    winner and its Frechet distance at the full size."""
+def _select(scorer: _Scorer, ladder: list[SamplingOptions], around: Callable[[SamplingOptions], list[SamplingOptions]],
+            judge: Judge, out: Path, seed: int, progress: bool, record: list[dict[str, Any]]) -> tuple[SamplingOptions, float]:
+    """The setting of lowest Frechet distance against the selection reference (module docstring): the first
+    round scores `ladder`, then `around` its best; each later round tops the settings left up to its size
+    and scores them, and every round but the last keeps the best third. A screening round runs only while
+    more than KEEP settings are left and it scores each by at least SCREEN_IMAGES samples; where none
+    can, the first round is at the full size. Every score is appended to `record`; returns the winner and
+    its Frechet distance at the full size."""
     per_group, groups = scorer.rows.per_group, len(scorer.rows.real) // scorer.rows.per_group
-    drawn: dict[SamplingOptions, torch.Tensor] = {}
-    candidates, frechet = list(settings), {}
+    drawn: dict[SamplingOptions, torch.Tensor] = {}  # (groups x per group, C, H, W), class by class
+    frechet: dict[SamplingOptions, float] = {}
     bar = tqdm(desc="eval samples", unit="setting", disable=not progress)
-    sizes = sorted({max(1, per_group // share) for share in SHARES})  # per class (group), the last per_group
-    for r, size in enumerate(sizes):
-        last = r == len(sizes) - 1
-        if not last and (len(candidates) <= KEEP or size * groups < SCREEN_IMAGES):
-            continue
-        for setting in candidates:
+
+    def score(settings: list[SamplingOptions], r: int, size: int) -> None:
+        for setting in settings:
             have = len(drawn[setting]) // groups if setting in drawn else 0
-            extra = scorer.draw(setting, seed + TOP_UP_SEED + r if have else seed, size - have)
-            drawn[setting] = extra if not have else torch.cat(
-                [drawn[setting].unflatten(0, (groups, -1)), extra.unflatten(0, (groups, -1))], 1).flatten(0, 1)
-            scores = _score(judge, drawn[setting], scorer.selection, scorer.labels_of(size))
-            record.append({**asdict(setting), **scores, "n": len(drawn[setting])})
+            if have < size:
+                extra = scorer.draw(setting, seed + TOP_UP_SEED + r if have else seed, size - have)
+                drawn[setting] = extra if not have else torch.cat(
+                    [drawn[setting].unflatten(0, (groups, -1)), extra.unflatten(0, (groups, -1))], 1).flatten(0, 1)
+            images = drawn[setting].unflatten(0, (groups, -1))[:, :size].flatten(0, 1)
+            scores = _score(judge, images, scorer.selection, scorer.labels_of(size))
+            record.append({**asdict(setting), **scores, "n": len(images)})
             frechet[setting] = scores["frechet"]
-            scorer.grid(drawn[setting], out / "eval" / f"{setting_name(setting)}.png")
+            scorer.grid(images, out / "eval" / f"{setting_name(setting)}.png")
             bar.update()
-        candidates = sorted(candidates, key=frechet.__getitem__)
-        if not last:
-            candidates = candidates[:math.ceil(len(candidates) / KEEP)]
+
+    def best_third(settings: list[SamplingOptions]) -> list[SamplingOptions]:
+        return sorted(settings, key=frechet.__getitem__)[:math.ceil(len(settings) / KEEP)]
+
+    shares = sorted({max(1, per_group // share) for share in SHARES})[:-1]
+    sizes = [size for size in shares if size * groups >= SCREEN_IMAGES] + [per_group]
+    score(ladder, 0, sizes[0])
+    candidates = ladder + [s for s in around(min(ladder, key=frechet.__getitem__)) if s not in ladder]
+    score(candidates[len(ladder):], 0, sizes[0])
+    for r, size in enumerate(sizes[1:], 1):
+        if len(candidates) > KEEP:
+            candidates = best_third(candidates)
+        elif size < per_group:
+            continue
+        score(candidates, r, size)
     bar.close()
-    return candidates[0], frechet[candidates[0]]
+    best = min(candidates, key=frechet.__getitem__)
+    return best, frechet[best]
 
 
 def describe_setting(s: dict[str, Any]) -> str:
