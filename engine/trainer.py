@@ -23,7 +23,7 @@ from tqdm import tqdm
 from vqgen.engine.averaging import WeightAverage
 from vqgen.engine.batches import ResumableBatches, make_loader
 from vqgen.engine.checkpoint import Pretrained, load_state_into, unwrap, write_config
-from vqgen.engine.configs import config_from_dict, config_to_dict, require
+from vqgen.engine.configs import config_from_dict, config_to_dict, fields_where, option, require
 from vqgen.engine.distributed import Dist, on_main, process_device, rank_seed
 from vqgen.engine.efficiency import efficiency, matmul_flops_per_s, step_flops
 from vqgen.engine.errors import VQGenError
@@ -38,31 +38,37 @@ from vqgen.engine.units import describe
 STATE_FILE = "state.pt"
 TRAIN_CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
-# Options that change the numbers a run produces; the others may differ when a run resumes.
-BINDING_OPTIONS = ("batch_size", "lr", "seed", "precision", "grad_clip", "warmup", "schedule", "ema")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and bookkeeping for one training stage (Adam, as in both papers)."""
 
-    steps: int = 3000
-    max_seconds: float = 0.0  # a time budget: stop after this many seconds of training steps (0: none)
-    batch_size: int = 64
-    lr: float = 2e-4
-    grad_clip: float = 0.0
-    seed: int = 0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
-    device: str = "auto"
-    compile: bool = False
-    num_workers: int = 0
-    log_every: int = 25
-    eval_every: int = 500
-    checkpoint_every: int = 500
-    warmup: int = 0
-    schedule: Literal["constant", "cosine"] = "constant"
-    ema: float = 0.0
-    tensorboard: str | None = None  # directory for TensorBoard event files (None: off)
+    steps: int = option(3000, "optimizer steps", resume="budget")
+    max_seconds: float = option(0.0, "a time budget: stop after this many seconds of training steps, evaluate and "
+                                     "save, even short of --steps (0: none); a resume spends what is left",
+                                resume="budget")
+    batch_size: int = option(64, "global batch size (split across torchrun processes)", resume="binding")
+    lr: float = option(2e-4, "Adam learning rate", resume="binding")
+    grad_clip: float = option(0.0, "clip the gradient norm to this (0: off)", resume="binding")
+    seed: int = option(0, "fixes data order, initialisation and sampling", resume="binding", shared=True)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
+        "fp32", "autocast precision (auto: bf16 where the CPU or GPU computes it natively, else fp32); quantizer "
+                "distances and EMA always stay fp32", resume="binding", shared=True)
+    device: str = option("auto", "auto (GPU when present), cpu or cuda[:N]", resume="runtime", shared=True)
+    compile: bool = option(False, "torch.compile the model (falls back with a warning where unsupported)",
+                           resume="runtime", shared=True)
+    num_workers: int = option(0, "data-loader worker processes", resume="runtime", shared=True)
+    log_every: int = option(25, "steps between metrics.jsonl records", resume="runtime")
+    eval_every: int = option(500, "steps between held-out evaluations", resume="runtime")
+    checkpoint_every: int = option(500, "steps between checkpoints", resume="runtime")
+    warmup: int = option(0, "steps of linear learning-rate warm-up (0: none)", resume="binding")
+    schedule: Literal["constant", "cosine"] = option(
+        "constant", "learning rate after warm-up: constant, or cosine decay to 0 at the last step", resume="binding")
+    ema: float = option(0.0, "decay of an exponential moving average of the weights, used for eval and saved as the "
+                             "model's weights (0: off)", resume="binding")
+    tensorboard: str | None = option(None, "directory for TensorBoard event files (None: off)", resume="runtime",
+                                     flag=False)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
@@ -88,7 +94,7 @@ class TrainConfig:
 
     def binding(self) -> tuple[str, ...]:
         """Options a resumed run must share with the saved one; `steps` too once the schedule depends on it."""
-        return BINDING_OPTIONS + (("steps",) if self.schedule == "cosine" else ())
+        return fields_where(TrainConfig, resume="binding") + (("steps",) if self.schedule == "cosine" else ())
 
 
 class StepResult(NamedTuple):
@@ -365,6 +371,11 @@ class Trainer:
                     break
         if self.step < self.config.steps and not time_up:
             raise VQGenError("training ended early: the data loader ran dry")
+        if time_up and self.step < self.config.steps and self.config.schedule == "cosine":
+            warnings.warn(f"the time budget (max_seconds={self.config.max_seconds:g}) stopped {kind} training at step "
+                          f"{self.step} of {self.config.steps}, before its cosine schedule decayed (learning rate "
+                          f"{self.config.lr_at(self.step):.3g} of {self.config.lr:g}); give it the steps the budget "
+                          "reaches, or the constant schedule", stacklevel=2)
         return {"step": self.step, "seconds": self.elapsed, "evaluation": evaluation,
                 f"{self.task.items_name}_per_s": self.step * self.config.batch_size / max(self.elapsed, 1e-9)}
 

@@ -1,13 +1,13 @@
 """The `vqgen` command line's arguments: one function per subcommand, the value types and their rules.
 
-Model and training options are generated from the config dataclasses (pipeline/options.py); every
-bad value is one line naming the option and the rule (argparse's exit code 2).
+Model, training, sampling and evaluation options are generated from their config dataclasses
+(pipeline/options.py), so each is defined once, with its help on the field; every bad value is one
+line naming the option and the rule.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -16,7 +16,8 @@ from vqgen.data.images import DATASETS
 from vqgen.engine.efficiency import describe_reference_rates
 from vqgen.engine.runtime import describe_machine
 from vqgen.engine.trainer import TrainConfig
-from vqgen.pipeline.evaluation.evaluate import GUIDANCE, MIN_IMAGES, N_PER_CLASS, EvalOptions
+from vqgen.engine.configs import fields_where
+from vqgen.pipeline.evaluation.evaluate import EvalOptions
 from vqgen.pipeline.options import add_config_options
 from vqgen.pipeline.presets import RUN_PRESETS
 from vqgen.pipeline.evaluation.standard_fid import FID_SAMPLES
@@ -25,15 +26,7 @@ from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage2_prior.completion import PROPOSALS_PER_COMPLETION
 from vqgen.stage2_prior.config import PRESETS as PRIOR_PRESETS
 from vqgen.stage2_prior.config import PriorConfig
-from vqgen.stage2_prior.sampling import GUIDANCE_SCHEDULES
-
-IMAGE_FIELDS = ("in_channels", "image_height", "image_width")
-LATENT_FIELDS = ("codebook_size", "grid_height", "grid_width", "num_classes")
-SHARED_TRAIN = ("seed", "device", "precision", "compile", "num_workers")
-TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-SET_BY_COMMAND = ("tensorboard",)  # a directory each command chooses; the user gives a bare --tensorboard
-ALL_CODES = "all"  # `vqgen sample --top-k none`: every code, whatever top-k the prior's defaults hold
-
+from vqgen.stage2_prior.sampling import SamplingOptions
 
 class _PrintVersion(argparse.Action):
     """Like argparse's "version" action, without wrapping the line at the terminal's width."""
@@ -47,26 +40,17 @@ class _PrintVersion(argparse.Action):
         parser.exit()
 
 
-def _bounded(name: str, kind: Callable[[str], Any], low: float, rule: str, none: bool = False,
-             at_least: bool = False, high: float = float("inf")) -> Callable[[str], Any]:
-    """An argparse type: `kind` of the text, at least `low` (above it for floats, unless `at_least`) and at
-    most `high`, or None for 'none'/'all' where `none`; a bad value is one line naming the option and the rule."""
-    def parse(text: str) -> Any:
-        if none and text.lower() in ("none", "all"):
-            return None
+def _positive(name: str) -> Callable[[str], int]:
+    """An argparse type: an integer >= 1; a bad value is one line naming the option (argparse's exit code 2)."""
+    def parse(text: str) -> int:
         try:
-            value = kind(text)
+            value = int(text)
         except ValueError:
-            what = ("an integer" if kind is int else "a number") + (" or 'none'" if none else "")
-            raise argparse.ArgumentTypeError(f"{name}={text!r} is not {what}") from None
-        if not (value >= low if kind is int or at_least else value > low) or value > high:
-            raise argparse.ArgumentTypeError(f"{name}={value} is not allowed; must be {rule}")
+            raise argparse.ArgumentTypeError(f"{name}={text!r} is not an integer") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name}={value} is not allowed; must be >= 1")
         return value
     return parse
-
-
-def _positive(name: str) -> Callable[[str], int]:
-    return _bounded(name, int, 1, ">= 1")
 
 
 def _add_data(parser: argparse.ArgumentParser) -> None:
@@ -82,13 +66,6 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
                        help="resize and centre-crop a folder's images to this square size")
 
 
-_temperature = _bounded("--temperature", float, 0.0, "> 0")
-_top_k = _bounded("--top-k", int, 1, ">= 1 (or none)", none=True)
-_guidance = _bounded("--guidance", float, 0.0, ">= 0 (1: plain conditional, 0: unconditional)", at_least=True)
-_top_p = _bounded("--top-p", float, 0.0, "in (0, 1] (or none)", none=True, high=1.0)
-_interval = _bounded("--guidance-interval", float, 0.0, "in (0, 1] (1: every position guided)", high=1.0)
-
-
 def _grid(text: str) -> tuple[int, int]:
     """--grid HxW (e.g. 14x14), the code grid to sample."""
     parts = text.lower().split("x")
@@ -101,61 +78,15 @@ def _grid(text: str) -> tuple[int, int]:
     return height, width
 
 
-def _add_eval(parser: argparse.ArgumentParser) -> None:
-    defaults = EvalOptions()
-    group = parser.add_argument_group("evaluation")
-    group.add_argument("--n-per-class", type=_positive("--n-per-class"), default=defaults.n_per_class,
-                       help=f"held-out images and samples per class (default: {N_PER_CLASS}, or more to reach "
-                            f"{MIN_IMAGES} in all)")
-    group.add_argument("--temperature", dest="temperatures", type=_temperature, nargs="+", default=defaults.temperatures,
-                       metavar="T", help="sampling temperatures to score (default: "
-                       f"{' '.join(map(str, defaults.temperatures))})")
-    group.add_argument("--top-k", dest="top_ks", type=_top_k, nargs="+", default=defaults.top_ks, metavar="K",
-                       help="top-k values to score, 'none' for all codes (default: all codes, top-k K/8 or "
-                            "top-p 0.9; given top-k and top-p values are scored in every combination)")
-    group.add_argument("--top-p", dest="top_ps", type=_top_p, nargs="+", default=defaults.top_ps, metavar="P",
-                       help="top-p (nucleus) values to score, 'none' for all codes")
-    group.add_argument("--guidance", dest="guidances", type=_guidance, nargs="+", default=defaults.guidances,
-                       metavar="S", help="guidance scales to score (default: "
-                       f"{', '.join(f'{g:g}' for g in GUIDANCE)} for a prior trained with label dropout, else 1); "
-                       "eval searches guidance first, at the temperature nearest 1 and the first truncation, "
-                       "then every temperature and truncation at the best guidance")
-    group.add_argument("--guidance-schedule", dest="guidance_schedules", choices=GUIDANCE_SCHEDULES, nargs="+",
-                       default=defaults.guidance_schedules, metavar="NAME",
-                       help="guidance schedules to score with every scale but 1: constant, linear (1 at the "
-                            f"first position to the scale at the last) (default: {' '.join(defaults.guidance_schedules)})")
-    group.add_argument("--guidance-interval", dest="guidance_intervals", type=_interval, nargs="+",
-                       default=defaults.guidance_intervals, metavar="F",
-                       help="shares of the positions guided, from the first, to score with every scale but 1 "
-                            f"(default: {' '.join(map(str, defaults.guidance_intervals))})")
-    group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the samples (and of the held-out choice when unlabelled)")
-
-
 def _add_sampling(parser: argparse.ArgumentParser) -> None:
-    """Options of one sampling setting; each one left out keeps the prior's default (chosen by `vqgen eval`)."""
-    group = parser.add_argument_group("sampling (each option left out keeps the prior's default, chosen by "
-                                      "`vqgen eval`; without one: temperature 1, all codes, guidance 1)")
-    group.add_argument("--temperature", type=_temperature, help="softmax temperature (> 0)")
-    group.add_argument("--top-k", type=lambda text: ALL_CODES if text.lower() in ("none", "all") else _top_k(text),
-                       help="sample among the k most likely codes only ('none': all codes)")
-    group.add_argument("--top-p", type=lambda text: _top_p(text) or 1.0,
-                       help="sample among the fewest most likely codes holding this share of the probability "
-                            "(nucleus sampling; 'none' or 1: all codes)")
-    group.add_argument("--guidance", type=_guidance,
-                       help="classifier-free guidance scale (1: the conditional prior as trained, 0: unconditional, "
-                            "above 1: closer to the class; needs a prior trained with label dropout)")
-    group.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES,
-                       help="constant: the scale at every position; linear: ramped from 1 at the first position "
-                            "to the scale at the last, in raster order")
-    group.add_argument("--guidance-interval", type=_interval,
-                       help="share of the positions guided, from the first in raster order (0 < F <= 1; the "
-                            "rest are drawn at scale 1)")
-    group.add_argument("--seed", type=int, default=0)
+    """Options of one sampling setting, from SamplingOptions; each one left out keeps the prior's default."""
+    add_config_options(parser, SamplingOptions, title="sampling (each option left out keeps the prior's default, "
+                       "chosen by `vqgen eval`)", default_text="without one")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draw (default: 0)")
 
 
 def _add_train(parser: argparse.ArgumentParser, prefix: str = "", skip: Sequence[str] = ()) -> None:
-    add_config_options(parser, TrainConfig, prefix=prefix, skip=(*skip, *SET_BY_COMMAND),
-                       title=f"{prefix or ''}training options")
+    add_config_options(parser, TrainConfig, prefix=prefix, skip=skip, title=f"{prefix or ''}training options")
 
 
 def _add_tensorboard(parser: argparse.ArgumentParser, where: str) -> None:
@@ -170,7 +101,7 @@ def _train_vqvae_arguments(p: argparse.ArgumentParser) -> None:
                    help="VQ-VAE directory (config.json, model.safetensors, state.pt)")
     p.add_argument("--preset", default="small", choices=sorted(VQVAE_PRESETS), help="model preset (default: small)")
     p.add_argument("--eval-images", type=_positive("--eval-images"), default=2000, help="held-out images per eval")
-    add_config_options(p, VQVAEConfig, skip=IMAGE_FIELDS, title="VQ-VAE options")
+    add_config_options(p, VQVAEConfig, title="VQ-VAE options")
     _add_train(p)
     _add_tensorboard(p, "OUT/tensorboard")
 
@@ -184,9 +115,10 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive("--batch-size"), default=256)
     p.add_argument("--num-workers", type=int, default=0, help="loader processes reading (decoding) images")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="the encoder's autocast (auto: bf16 where the CPU or GPU computes it natively, as the "
-                        "VQ-VAE trained; the quantizer's distances stay fp32)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="the encoder's autocast (default: the precision the VQ-VAE trained with, fp32 for a model "
+                        "folder that does not say; auto: bf16 where the CPU or GPU computes it natively); the "
+                        "quantizer's distances stay fp32")
 
 
 
@@ -197,7 +129,7 @@ def _train_prior_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="prior directory")
     p.add_argument("--preset", default="small", choices=sorted(PRIOR_PRESETS), help="model preset (default: small)")
     p.add_argument("--eval-grids", type=_positive("--eval-grids"), default=2000, help="held-out grids per eval")
-    add_config_options(p, PriorConfig, skip=LATENT_FIELDS, title="prior options")
+    add_config_options(p, PriorConfig, title="prior options")
     _add_train(p)
     _add_tensorboard(p, "OUT/tensorboard")
 
@@ -240,9 +172,10 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", "--run-dir", dest="run", required=True, type=Path,
                    help="run directory (the --out of `vqgen run`); under torchrun write --run-dir, as torchrun "
                         "reads --run as its own --run-path")
-    _add_eval(p)
+    add_config_options(p, EvalOptions, title="evaluation (eval searches guidance first, at the temperature nearest "
+                       "1 and the first truncation, then every temperature and truncation at the best guidance)",
+                       default_text="default")
     _add_standard_fid(p)
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
     _add_tensorboard(p, "RUN/tensorboard (judge/, eval/)")
 
 
@@ -273,12 +206,8 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
                    help="quick (~2 min smoke run), default (minutes on a 2-core CPU), paper (GPU sizes); "
                         "each sized for the data (image channels and size, number of images)")
     p.add_argument("--samples", type=_positive("--samples"), help="images to sample (a row per class)")
-    p.add_argument("--temperature", type=_temperature,
-                   help="temperature of the run's sample grid (> 0; default: the one eval chooses, else 1); the "
-                        "grid's other options stay as eval chose them")
-    p.add_argument("--guidance", type=_guidance,
-                   help="guidance scale of the run's sample grid (default: the one eval chooses, else 1); the "
-                        "grid's other options stay as eval chose them")
+    add_config_options(p, SamplingOptions, title="the run's sample grid (each option left out is the one eval "
+                       "chooses, or without eval)", default_text="without eval")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="train both stages on the train split and its horizontal mirror images, which doubles "
                         "the prior's grids (default: the preset's: on for color images in --preset default, off in quick "
@@ -286,14 +215,12 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=None,
                    help="run `vqgen eval` after training (default: on, except for --preset quick)")
     _add_tensorboard(p, "RUN/tensorboard, a sub-run per stage (vqvae/, prior/, judge/, eval/, samples/)")
-    add_config_options(p, TrainConfig, skip=[f for f in TRAIN_FIELDS if f not in SHARED_TRAIN],
-                       title="options of both stages")
-    add_config_options(p, VQVAEConfig, prefix="vqvae-", skip=IMAGE_FIELDS,
-                       title="VQ-VAE options")
-    _add_train(p, prefix="vqvae-", skip=SHARED_TRAIN)
-    add_config_options(p, PriorConfig, prefix="prior-", skip=LATENT_FIELDS,
-                       title="prior options")
-    _add_train(p, prefix="prior-", skip=SHARED_TRAIN)
+    shared = fields_where(TrainConfig, shared=True)
+    add_config_options(p, TrainConfig, skip=fields_where(TrainConfig, shared=False), title="options of both stages")
+    add_config_options(p, VQVAEConfig, prefix="vqvae-", title="VQ-VAE options")
+    _add_train(p, prefix="vqvae-", skip=shared)
+    add_config_options(p, PriorConfig, prefix="prior-", title="prior options")
+    _add_train(p, prefix="prior-", skip=shared)
 
 
 COMMAND_ARGUMENTS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {

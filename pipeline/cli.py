@@ -16,16 +16,18 @@ import torch
 
 from vqgen.data.images import data_shape, open_dataset
 from vqgen.engine.distributed import launched_as_main, leave_distributed
+from vqgen.engine.configs import fields_where
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.tensorboard import TENSORBOARD_DIR, require_tensorboard
 from vqgen.engine.trainer import TrainConfig
 from vqgen.engine.units import describe
-from vqgen.pipeline.arguments import ALL_CODES, SHARED_TRAIN, build_parser
+from vqgen.pipeline.arguments import build_parser
 from vqgen.pipeline.evaluation.evaluate import EvalOptions, summary
-from vqgen.pipeline.options import config_from_args
+from vqgen.pipeline.options import checked_overrides, config_from_args, flags_named
 from vqgen.pipeline.presets import RUN_PRESETS
 from vqgen.stage1_vqvae.config import PRESETS as VQVAE_PRESETS
 from vqgen.stage2_prior.config import PRESETS as PRIOR_PRESETS
+from vqgen.stage2_prior.sampling import SamplingOptions
 
 VQVAE_SUMMARY = ("psnr", "codes_used", "perplexity")
 PRIOR_SUMMARY = ("bits_per_code", "unigram_bits_per_code")
@@ -43,13 +45,6 @@ def _tensorboard_dir(args: argparse.Namespace, root: Path) -> str | None:
         return None
     require_tensorboard()
     return str(root / TENSORBOARD_DIR)
-
-
-def _sampling_options(args: argparse.Namespace, generator: Any) -> Any:
-    """The setting a sampling command draws with: the prior's defaults, each option given replaced."""
-    top_k = generator.prior.config.codebook_size if args.top_k == ALL_CODES else args.top_k
-    return generator.options(args.temperature, top_k, args.top_p, args.guidance, args.guidance_schedule,
-                             args.guidance_interval)
 
 
 def _train_vqvae(args: argparse.Namespace) -> None:
@@ -76,7 +71,7 @@ def _export(args: argparse.Namespace) -> None:
     data = open_dataset(args.data, args.split, args.data_root, args.download, size=args.image_size,
                         stream=args.stream, index_dir=args.vqvae)  # reuses the index training wrote there
     manifest = export_latents(model, data, args.out, vqvae_dir=args.vqvae, batch_size=args.batch_size, ctx=ctx,
-                              num_workers=args.num_workers, precision=args.precision)
+                              num_workers=args.num_workers, precision=args.precision)  # None: as it trained
     if ctx.is_main:
         print(f"exported {manifest.count} code grids of {manifest.grid[0]}x{manifest.grid[1]} to {args.out}")
 
@@ -108,16 +103,19 @@ def _sample(args: argparse.Namespace) -> None:
 
     if not launched_as_main():  # under torchrun rank 0 samples alone: one process writes the output
         return
+    overrides = checked_overrides(args, SamplingOptions)
     generator = Generator.from_pretrained(args.vqvae, args.prior, device=args.device)
     labels = args.label
     if labels is None and generator.num_classes:
         labels = generator.spread_labels(args.n)
-    options = _sampling_options(args, generator)
-    check_request(generator.prior, args.n, labels, options, args.grid)  # before the output directory is made
+    with flags_named(SamplingOptions):
+        options = generator.options(**overrides)
+        check_request(generator.prior, args.n, labels, options, args.grid)  # before the output directory is made
     with directory_lock(args.out):
-        samples = generator.sample_with(args.n, labels, options, args.seed, grid=args.grid)
+        samples = generator.sample(args.n, labels, options, seed=args.seed, grid=args.grid)
         save_samples(samples, args.out, nrow=args.nrow)
-    print(f"{args.n} samples written to {args.out} (grid.png, images/, codes.npy)")
+    print(f"{args.n} samples at {options.describe()} written to {args.out} (grid.png, images/, codes.npy, "
+          "sampling.json)")
 
 
 def _complete(args: argparse.Namespace) -> None:
@@ -125,31 +123,35 @@ def _complete(args: argparse.Namespace) -> None:
 
     if not launched_as_main():  # under torchrun rank 0 completes alone: one process writes the output
         return
-    completed = complete_image(args.vqvae, args.prior, args.image, args.out, n=args.n, keep_top=args.keep_top,
-                               mask=args.mask, label=args.label, seed=args.seed, proposals=args.proposals,
-                               device=args.device, choose=lambda generator: _sampling_options(args, generator))
+    overrides = checked_overrides(args, SamplingOptions)
+    with flags_named(SamplingOptions):
+        completed = complete_image(args.vqvae, args.prior, args.image, args.out, n=args.n, keep_top=args.keep_top,
+                                   mask=args.mask, label=args.label, seed=args.seed, proposals=args.proposals,
+                                   device=args.device, **overrides)
     result = completed.completion
     how = ("exact: the kept codes come first" if result.exact else
            f"{result.proposals} proposals resampled by weight, effective sample size {result.effective_sample_size:.1f}")
-    print(f"{args.n} completions written to {args.out} (grid.png: original | masked | completions; {how})")
+    print(f"{args.n} completions at {completed.samples.options.describe()} written to {args.out} (grid.png: "
+          f"original | masked | completions; {how})")
 
 
 def _eval(args: argparse.Namespace) -> None:
     from vqgen.pipeline.evaluation.evaluate import evaluate_run
     from vqgen.pipeline.evaluation.standard_fid import describe, inception_weights, require_torch_fidelity, standard_fid
 
-    options = EvalOptions(n_per_class=args.n_per_class, temperatures=tuple(args.temperatures),
-                          top_ks=args.top_ks and tuple(args.top_ks), top_ps=args.top_ps and tuple(args.top_ps),
-                          guidances=args.guidances and tuple(args.guidances),
-                          guidance_schedules=tuple(args.guidance_schedules),
-                          guidance_intervals=tuple(args.guidance_intervals), seed=args.seed, device=args.device)
+    options = config_from_args(args, EvalOptions())
     if args.fid and launched_as_main():  # the package and the weights, before minutes of work
         require_torch_fidelity()
         args.fid_weights = inception_weights(args.fid_weights)
-    report = evaluate_run(args.run, options, tensorboard=_tensorboard_dir(args, args.run))
+    with flags_named(EvalOptions):  # a value the prior cannot take (a top-k above its K), named as a flag
+        report = evaluate_run(args.run, options, tensorboard=_tensorboard_dir(args, args.run))
     _say("\n".join(summary(report)))
-    if args.fid and launched_as_main():  # under torchrun rank 0 alone samples and scores
-        _say(describe(standard_fid(args.run, args.fid_samples, args.fid_weights, args.device, args.seed)))
+    if args.fid:
+        # rank 0 alone samples and scores, for longer than any collective's timeout on a CPU: the other
+        # ranks leave the process group now rather than wait for it in a barrier
+        leave_distributed(finished=True)
+        if launched_as_main():
+            _say(describe(standard_fid(args.run, args.fid_samples, args.fid_weights, options.device, options.seed)))
     _say(f"written to {args.run / 'eval.json'}")
 
 
@@ -169,15 +171,17 @@ def _run(args: argparse.Namespace) -> None:
     shape = data_shape(args.data, args.data_root, args.download, args.image_size, index_dir=args.out)
     preset = RUN_PRESETS[args.preset](shape)  # sized for the data (pipeline/presets.py)
     shared = config_from_args(args, preset.vqvae_train, tensorboard=None)
-    shared_values = {name: getattr(shared, name) for name in SHARED_TRAIN}
-    spec = RunSpec(
-        data=args.data, data_root=args.data_root, image_size=args.image_size,
-        vqvae=config_from_args(args, preset.vqvae, prefix="vqvae-"),
-        vqvae_train=config_from_args(args, preset.vqvae_train, prefix="vqvae-", **shared_values),
-        prior=config_from_args(args, preset.prior, prefix="prior-"),
-        prior_train=config_from_args(args, preset.prior_train, prefix="prior-", **shared_values),
-        eval_images=preset.eval_images, samples=args.samples or 100, temperature=args.temperature,
-        guidance=args.guidance, flip=preset.flip if args.flip is None else args.flip)
+    shared_values = {name: getattr(shared, name) for name in fields_where(TrainConfig, shared=True)}
+    with flags_named(SamplingOptions):
+        spec = RunSpec(
+            data=args.data, data_root=args.data_root, image_size=args.image_size,
+            vqvae=config_from_args(args, preset.vqvae, prefix="vqvae-"),
+            vqvae_train=config_from_args(args, preset.vqvae_train, prefix="vqvae-", **shared_values),
+            prior=config_from_args(args, preset.prior, prefix="prior-"),
+            prior_train=config_from_args(args, preset.prior_train, prefix="prior-", **shared_values),
+            eval_images=preset.eval_images, samples=args.samples or 100,
+            sampling=checked_overrides(args, SamplingOptions),
+            flip=preset.flip if args.flip is None else args.flip)
     evaluate = preset.evaluate if args.eval is None else args.eval
     report = run(spec, args.out, download=args.download, evaluation=EvalOptions() if evaluate else None,
                  tensorboard=args.tensorboard, stream=args.stream)

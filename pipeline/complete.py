@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +13,6 @@ from vqgen.engine.errors import UsageError
 from vqgen.engine.files import write_json
 from vqgen.engine.locks import directory_lock
 from vqgen.pipeline.generate import Completed, Generator, save_samples
-from vqgen.stage2_prior.sampling import SamplingOptions
 
 COMPLETION_FILE = "completion.json"
 
@@ -43,7 +42,7 @@ def keep_top_mask(rows: int, height: int, width: int) -> torch.Tensor:
 
 
 def save_completion(completed: Completed, image: torch.Tensor, out: Path) -> None:
-    """completion.json, images/, codes.npy, and grid.png last: original | masked | the completions."""
+    """completion.json, images/, codes.npy, sampling.json, and grid.png last: original | masked | the completions."""
     result = completed.completion
     write_json(out / COMPLETION_FILE, {"exact": result.exact, "proposals": result.proposals,
                                        "effective_sample_size": result.effective_sample_size,
@@ -54,15 +53,14 @@ def save_completion(completed: Completed, image: torch.Tensor, out: Path) -> Non
 
 def complete_image(vqvae_dir: Path, prior_dir: Path, image_path: Path, out: Path, n: int, keep_top: int | None,
                    mask: Path | None, label: int | None, seed: int, proposals: int | None, device: str,
-                   choose: Callable[[Generator], SamplingOptions]) -> Completed:
-    """The command: `choose` gives the sampling options from the loaded models (their saved defaults)."""
+                   **overrides: Any) -> Completed:
+    """The command: `overrides` replace fields of the prior's saved sampling defaults (Generator.options)."""
     generator = Generator.from_pretrained(vqvae_dir, prior_dir, device=device)
     image = read_image(image_path, generator)
     height, width = image.shape[1:]
     pixels = keep_top_mask(keep_top, height, width) if keep_top is not None else read_mask(mask)  # type: ignore[arg-type]
-    options = choose(generator)
+    generator.options(**overrides).check(generator.prior.config)  # before the output directory is made
     with directory_lock(out):
-        completed = generator.complete(image, pixels, n, label, options.temperature, options.top_k, options.top_p,
-                                       options.guidance, seed, proposals)
+        completed = generator.complete(image, pixels, n, label, seed=seed, proposals=proposals, **overrides)
         save_completion(completed, image, out)
     return completed

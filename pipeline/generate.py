@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from vqgen.engine.configs import config_from_dict
+from vqgen.engine.configs import config_from_dict, config_to_dict
 from vqgen.engine.errors import UsageError, VQGenError
 from vqgen.engine.files import read_json, save_array, write_json
 from vqgen.engine.grids import save_grid
@@ -27,9 +27,10 @@ SAMPLING_FILE = "sampling.json"
 VQVAE_FOLDER, PRIOR_FOLDER = "vqvae", "prior"  # the two models of a run directory or an exported model folder
 
 
-def save_sampling(options: SamplingOptions, prior_dir: str | Path) -> None:
-    """The prior's sampling defaults, as `vqgen eval` chose them: PRIOR/sampling.json."""
-    write_json(Path(prior_dir) / SAMPLING_FILE, asdict(options))
+def save_sampling(options: SamplingOptions, directory: str | Path) -> None:
+    """DIR/sampling.json: beside a prior, its sampling defaults as `vqgen eval` chose them; beside samples,
+    the setting they were drawn with."""
+    write_json(Path(directory) / SAMPLING_FILE, config_to_dict(options))
 
 
 def load_sampling(prior_dir: str | Path) -> SamplingOptions:
@@ -44,6 +45,7 @@ class Samples(NamedTuple):
     images: torch.Tensor  # (N, C, H, W) in [0, 1]
     codes: torch.Tensor   # (N, h, w) int64
     labels: torch.Tensor | None  # (N,)
+    options: SamplingOptions | None = None  # the setting they were drawn with
 
 
 class Completed(NamedTuple):
@@ -82,8 +84,13 @@ class Generator:
         Each directory may be a local folder or a Hugging Face Hub id ("owner/name[@revision]"). With
         `prior_dir` None, `vqvae_dir` is one folder or repo holding both, as `vqgen export-model` writes
         it: `Generator.from_pretrained("owner/vqgen-mnist")` reads its vqvae/ and prior/."""
-        if prior_dir is None:
+        if prior_dir is None:  # only what the caller typed may be a Hub id; the sub-folders must exist
             root = local_folder(vqvae_dir)
+            for sub in (VQVAE_FOLDER, PRIOR_FOLDER):
+                if not (root / sub).is_dir():
+                    raise VQGenError(f"{vqvae_dir} holds no {sub}/ folder; pass a folder or Hub repo holding vqvae/ "
+                                     "and prior/ (as `vqgen export-model` writes it), or both folders: "
+                                     "Generator.from_pretrained(VQVAE_DIR, PRIOR_DIR)")
             vqvae_dir, prior_dir = root / VQVAE_FOLDER, root / PRIOR_FOLDER
         prior_dir = local_folder(prior_dir)
         return cls(VQVAE.from_pretrained(vqvae_dir), GatedPixelCNN.from_pretrained(prior_dir), device,
@@ -99,14 +106,15 @@ class Generator:
             raise UsageError("the prior is unconditional; it has no classes to sample by")
         return torch.arange(n) * self.num_classes // n
 
-    def options(self, temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                guidance: float | None = None, guidance_schedule: str | None = None,
-                guidance_interval: float | None = None) -> SamplingOptions:
-        """`self.defaults` with each option given replaced; the others keep their defaults (top_k=K keeps
-        every code, top_p=1 turns nucleus truncation off)."""
-        given = dict(temperature=temperature, top_k=top_k, top_p=top_p, guidance=guidance,
-                     guidance_schedule=guidance_schedule, guidance_interval=guidance_interval)
-        return replace(self.defaults, **{k: v for k, v in given.items() if v is not None})
+    def options(self, options: SamplingOptions | None = None, **overrides: Any) -> SamplingOptions:
+        """The setting a call samples with: `options` (None: the prior's saved defaults) with each field in
+        `overrides` replaced (`top_k=None` keeps every code, as `top_p=None` does)."""
+        base = self.defaults if options is None else options
+        unknown = sorted(set(overrides) - {f.name for f in fields(SamplingOptions)})
+        if unknown:
+            raise UsageError(f"{', '.join(unknown)} {'is not a sampling option' if len(unknown) == 1 else 'are not sampling options'}; "
+                             f"the options are {', '.join(f.name for f in fields(SamplingOptions))}")
+        return replace(base, **overrides)
 
     def _generator(self, seed: int | None) -> torch.Generator:
         generator = torch.Generator(self.device)
@@ -117,20 +125,17 @@ class Generator:
         return generator
 
     @torch.no_grad()
-    def sample(self, n: int, labels: int | torch.Tensor | None = None, temperature: float | None = None,
-               top_k: int | None = None, top_p: float | None = None, guidance: float | None = None,
-               seed: int | None = None, progress: bool = True, grid: tuple[int, int] | None = None) -> Samples:
-        """n images. Options left None take the prior's defaults (`options`); `grid` (h, w) samples a code
-        grid of another size than the training grid, decoded to an image of h and w times the VQ-VAE's factor."""
-        return self.sample_with(n, labels, self.options(temperature, top_k, top_p, guidance), seed, progress, grid)
-
-    @torch.no_grad()
-    def sample_with(self, n: int, labels: int | torch.Tensor | None, options: SamplingOptions,
-                    seed: int | None = None, progress: bool = True, grid: tuple[int, int] | None = None) -> Samples:
-        """n images drawn with exactly `options` (the defaults play no part)."""
+    def sample(self, n: int, labels: int | torch.Tensor | None = None, options: SamplingOptions | None = None, *,
+               seed: int | None = None, progress: bool = True, grid: tuple[int, int] | None = None,
+               **overrides: Any) -> Samples:
+        """n images drawn with `self.options(options, **overrides)`: `sample(16, 3, temperature=0.9)` keeps the
+        prior's other defaults, `sample(16, 3, SamplingOptions())` draws with exactly those options. `grid`
+        (h, w) samples a code grid of another size than the training grid, decoded to an image of h and w
+        times the VQ-VAE's factor."""
+        options = self.options(options, **overrides)
         codes = sample_codes(self.prior, n, labels=labels, options=options, generator=self._generator(seed),
                              progress=progress, grid=grid)  # checks n, labels and options
-        return self._samples(codes, labels)
+        return self._samples(codes, labels, options)
 
     def code_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """(H, W) pixel mask, True where pixels are to be generated -> (h, w) codes to generate: every code
@@ -144,39 +149,40 @@ class Generator:
 
     @torch.no_grad()
     def complete(self, image: torch.Tensor, mask: torch.Tensor, n: int, label: int | None = None,
-                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                 guidance: float | None = None, seed: int | None = None, proposals: int | None = None,
-                 progress: bool = True) -> Completed:
+                 options: SamplingOptions | None = None, *, seed: int | None = None, proposals: int | None = None,
+                 progress: bool = True, **overrides: Any) -> Completed:
         """n completions of `image` (C, H, W) in [0, 1] where `mask` (H, W) is True: the image is encoded,
         the codes whose cells overlap the mask are sampled given the others (stage2_prior/completion.py),
-        and the grids decoded. Options left None take the prior's defaults, as in `sample`."""
+        and the grids decoded. The options as in `sample`."""
         config = self.vqvae.config
-        self.vqvae.config.check_images(*image.shape)
+        config.check_images(*image.shape)
+        options = self.options(options, **overrides)
         unknown = self.code_mask(mask.bool())
         if unknown.all():
             factor = config.downsample_factor
             raise UsageError(f"the mask leaves no code known: every {factor}x{factor} cell of the image overlaps it; "
                              f"keep at least one whole cell (e.g. --keep-top {factor} or more)")
         codes = self.vqvae.encode(image[None].to(self.device))[0]  # (h, w)
-        result = complete_codes(self.prior, codes, unknown.to(self.device), n, label,
-                                self.options(temperature, top_k, top_p, guidance), self._generator(seed), proposals,
-                                progress)
+        result = complete_codes(self.prior, codes, unknown.to(self.device), n, label, options, self._generator(seed),
+                                proposals, progress)
         masked = image.clone()
         masked[:, mask.bool()] = 0.5  # gray where the completions generate
         labels = None if label is None else torch.full((n,), label)
-        return Completed(self._samples(result.codes, labels), masked.cpu(), config.grid, result)
+        return Completed(self._samples(result.codes, labels, options), masked.cpu(), config.grid, result)
 
-    def _samples(self, codes: torch.Tensor, labels: int | torch.Tensor | None) -> Samples:
+    def _samples(self, codes: torch.Tensor, labels: int | torch.Tensor | None, options: SamplingOptions) -> Samples:
         images = self.vqvae.decode(codes).float().clamp(0, 1)
         n = len(codes)
         label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.long).cpu().expand(n).clone()
-        return Samples(images.cpu(), codes.cpu(), label_tensor)
+        return Samples(images.cpu(), codes.cpu(), label_tensor, options)
 
 
 def save_samples(samples: Samples, out_dir: str | Path, nrow: int = 8, shown: torch.Tensor | None = None) -> None:
-    """One PNG per image, codes.npy (+ labels.npy), and grid.png last (of `shown`, default the samples):
-    its presence means the rest is there."""
+    """One PNG per image, codes.npy (+ labels.npy), sampling.json (the setting drawn with), and grid.png last
+    (of `shown`, default the samples): its presence means the rest is there."""
     out = Path(out_dir)
+    if samples.options is not None:
+        save_sampling(samples.options, out)
     for i, image in enumerate(samples.images):
         save_grid(out / "images" / f"{i:04d}.png", image[None], nrow=1)
     save_array(out / "codes.npy", samples.codes.numpy())

@@ -63,8 +63,9 @@ def _export_current(target: Path, vqvae_sha: str) -> bool:
 
 
 def export_split(vqvae_dir: Path, data: BatchedImages, target: Path, device: torch.device, ctx: Dist,
-                 progress: bool, num_workers: int = 0, precision: str = "fp32") -> dict[str, float]:
-    """Export one split unless a current export is there; re-export latents of an older VQ-VAE."""
+                 progress: bool, num_workers: int = 0) -> dict[str, float]:
+    """Export one split unless a current export is there; re-export latents of an older VQ-VAE. The encoder
+    runs at the precision the VQ-VAE trained with."""
     sha = file_sha256(weights_path(vqvae_dir))  # an older run's model.pt, until its VQ-VAE is saved again
     if _export_current(target, sha):
         return {}
@@ -73,8 +74,7 @@ def export_split(vqvae_dir: Path, data: BatchedImages, target: Path, device: tor
     barrier(ctx)
     model = VQVAE.from_pretrained(vqvae_dir).to(device)
     start = time.perf_counter()
-    export_latents(model, data, target, vqvae_dir=vqvae_dir, ctx=ctx, progress=progress, num_workers=num_workers,
-                   precision=precision)
+    export_latents(model, data, target, vqvae_dir=vqvae_dir, ctx=ctx, progress=progress, num_workers=num_workers)
     seconds = time.perf_counter() - start
     return {"images": len(data), "seconds": seconds, "images_per_s": len(data) / max(seconds, 1e-9)}
 
@@ -124,7 +124,7 @@ def _run(spec: RunSpec, out: Path, ctx: Dist, device: torch.device, download: bo
     for split, data in (("train", trained), ("test", test_images)):
         with timings.stage(f"export_{split}"):
             exports[split] = export_split(out / "vqvae", data, out / "latents" / split, device, ctx, progress,
-                                          spec.vqvae_train.num_workers, spec.vqvae_train.precision)
+                                          spec.vqvae_train.num_workers)
     if saved_step(out / "prior") < spec.prior_train.steps:
         with timings.stage("prior"):
             train_prior(spec.prior, spec.prior_train, out / "latents" / "train", out / "latents" / "test",
@@ -154,13 +154,12 @@ def _run(spec: RunSpec, out: Path, ctx: Dist, device: torch.device, download: bo
 def _check_grid_options(spec: RunSpec, classes: int) -> None:
     """The sample grid's options, checked against the prior this data will train before any training."""
     prior = replace(spec.prior, num_classes=classes, label_dropout=spec.prior.label_dropout if classes else 0.0)
-    SamplingOptions(temperature=spec.temperature or 1.0, guidance=1.0 if spec.guidance is None else spec.guidance).check(prior)
+    SamplingOptions(**spec.sampling).check(prior)
 
 
 def sample_run(out: Path, spec: RunSpec, progress: bool, tensorboard: str | None = None) -> None:
     """The run's sample grid, a row per class when the data is labelled, at the prior's sampling defaults
-    (those `vqgen eval` chose), but for the temperature and guidance the run fixed; shown in TensorBoard as
-    samples/grid."""
+    (those `vqgen eval` chose) with the options the run fixed replaced; shown in TensorBoard as samples/grid."""
     samples_dir = out / "samples"
     if (samples_dir / "grid.png").exists():  # written last
         return
@@ -169,12 +168,10 @@ def sample_run(out: Path, spec: RunSpec, progress: bool, tensorboard: str | None
     if generator.num_classes:
         per_class = max(1, spec.samples // generator.num_classes)
         labels = generator.spread_labels(per_class * generator.num_classes)
-        samples = generator.sample(len(labels), labels=labels, temperature=spec.temperature, guidance=spec.guidance,
-                                   seed=seed, progress=progress)
+        samples = generator.sample(len(labels), labels, seed=seed, progress=progress, **spec.sampling)
         save_samples(samples, samples_dir, nrow=per_class)
     else:
-        samples = generator.sample(spec.samples, temperature=spec.temperature, guidance=spec.guidance, seed=seed,
-                                   progress=progress)
+        samples = generator.sample(spec.samples, seed=seed, progress=progress, **spec.sampling)
         save_samples(samples, samples_dir, nrow=10)
     step = spec.prior_train.steps
     with open_sink(tensorboard, "samples", step) as sink, Image.open(samples_dir / "grid.png") as picture:

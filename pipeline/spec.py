@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vqgen.data.images import BatchedImages, open_dataset
-from vqgen.engine.configs import config_from_dict
+from vqgen.engine.configs import config_from_dict, fields_where
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import read_json, write_json
 from vqgen.engine.trainer import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage2_prior.config import PriorConfig
+from vqgen.stage2_prior.sampling import SamplingOptions
 
 RUN_FILE = "run.json"
-# Options that may differ when a run is resumed: they change how it runs, not what it computes.
-RUNTIME_OPTIONS = ("device", "compile", "num_workers", "log_every", "eval_every", "checkpoint_every",
-                   "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -33,9 +31,11 @@ class RunSpec:
     image_size: int | None = None
     eval_images: int = 2000
     samples: int = 100
-    temperature: float | None = None  # of the sample grid; None: as eval chose
-    guidance: float | None = None     # of the sample grid; None: as eval chose
-    flip: bool = False                # both stages train on the train split and its mirror images
+    sampling: dict[str, Any] = field(default_factory=dict)  # the sample grid's options that replace eval's choice
+    flip: bool = False  # both stages train on the train split and its mirror images
+
+    def __post_init__(self) -> None:
+        SamplingOptions(**self.sampling)  # unknown or bad options, named, before any work
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,6 +49,9 @@ class RunSpec:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any], source: str) -> "RunSpec":
+        raw = dict(raw)
+        old = {k: raw.pop(k) for k in ("temperature", "guidance") if k in raw}  # run.json before 0.6.0
+        raw.setdefault("sampling", {k: v for k, v in old.items() if v is not None})
         try:
             return cls(**{**raw, "vqvae": config_from_dict(VQVAEConfig, raw["vqvae"], source),
                           "vqvae_train": config_from_dict(TrainConfig, raw["vqvae_train"], source),
@@ -61,7 +64,7 @@ class RunSpec:
 def _binding(spec: RunSpec) -> dict[str, Any]:
     raw = spec.to_json()
     for train in ("vqvae_train", "prior_train"):
-        raw[train] = {k: v for k, v in raw[train].items() if k not in RUNTIME_OPTIONS}
+        raw[train] = {k: v for k, v in raw[train].items() if k not in fields_where(TrainConfig, resume="runtime")}
     return raw
 
 

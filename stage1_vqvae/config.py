@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal
 
-from vqgen.engine.configs import require
+from vqgen.engine.configs import option, require
 from vqgen.engine.errors import VQGenError
 from vqgen.stage1_vqvae.quantizer import QuantizerConfig
 
@@ -18,24 +18,31 @@ class VQVAEConfig:
     times, so the code grid is (image_height / 2**downsamples, image_width / 2**downsamples).
     """
 
-    in_channels: int = 1
-    image_height: int = 28
-    image_width: int = 28
-    hidden: int = 128
-    res_hidden: int = 64
-    res_blocks: int = 2
-    downsamples: int = 2
-    code_dim: int = 32
-    codebook_size: int = 512
-    quantizer: Literal["ema", "straight_through"] = "ema"
-    beta: float = 0.25
-    decay: float = 0.99
-    kmeans_init: bool = False
-    restart_threshold: float = 1.0
-    restart_every: int = 100
-    cosine: bool = False
-    lookup_dim: int | None = None
-    decoder: Literal["mse", "logistic"] = "mse"
+    in_channels: int = option(1, "image channels", resume="binding", from_data=True)
+    image_height: int = option(28, "image height in pixels", resume="binding", from_data=True)
+    image_width: int = option(28, "image width in pixels", resume="binding", from_data=True)
+    hidden: int = option(128, "channels of the encoder/decoder convolutions", resume="binding")
+    res_hidden: int = option(64, "channels inside each residual block", resume="binding")
+    res_blocks: int = option(2, "residual blocks in the encoder and in the decoder", resume="binding")
+    downsamples: int = option(2, "stride-2 convolutions; the code grid is the image size / 2**downsamples",
+                              resume="binding")
+    code_dim: int = option(32, "D, the dimension of each code vector", resume="binding")
+    codebook_size: int = option(512, "K, the number of codes", resume="binding")
+    quantizer: Literal["ema", "straight_through"] = option(
+        "ema", "ema: codebook by exponential moving averages; straight_through: codebook loss", resume="binding")
+    beta: float = option(0.25, "commitment cost (eq. 3 of van den Oord et al. 2017)", resume="binding")
+    decay: float = option(0.99, "EMA decay of the codebook statistics", resume="binding")
+    kmeans_init: bool = option(False, "initialise the codebook by k-means on the first batch", resume="binding")
+    restart_threshold: float = option(1.0, "restart codes whose EMA usage count falls below this (0: never)",
+                                      resume="binding")
+    restart_every: int = option(100, "steps between dead-code restarts", resume="binding")
+    cosine: bool = option(False, "l2-normalised codes and encoder outputs (cosine-similarity lookup)",
+                          resume="binding")
+    lookup_dim: int | None = option(None, "search codes in a projected space of this dimension (none: in D)",
+                                    resume="binding")
+    decoder: Literal["mse", "logistic"] = option(
+        "mse", "mse: pixel means trained by squared error; logistic: a discretised logistic per pixel trained by "
+               "its likelihood (docs: bits/dim from it directly)", resume="binding")
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "image_height", "image_width", "hidden", "res_hidden", "downsamples",

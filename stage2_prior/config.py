@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from vqgen.engine.configs import require
+from vqgen.engine.configs import option, require
 
 
 # Share of labels the presets replace by the null class; measured on MNIST (README, "Guidance").
@@ -28,18 +28,20 @@ class PriorConfig:
     field is a prior trained without it.
     """
 
-    codebook_size: int = 512
-    grid_height: int = 7
-    grid_width: int = 7
-    num_classes: int = 0
-    channels: int = 64
-    layers: int = 15
-    first_kernel: int = 7
-    kernel: int = 3
-    head_channels: int = 256
-    skips: bool = True
-    dropout: float = 0.0
-    label_dropout: float = 0.0
+    codebook_size: int = option(512, "K, the number of codes", resume="binding", from_data=True)
+    grid_height: int = option(7, "rows of the code grid", resume="binding", from_data=True)
+    grid_width: int = option(7, "columns of the code grid", resume="binding", from_data=True)
+    num_classes: int = option(0, "classes of the labels (0: unconditional)", resume="binding", from_data=True)
+    channels: int = option(64, "channels of each PixelCNN stack", resume="binding")
+    layers: int = option(15, "gated layers", resume="binding")
+    first_kernel: int = option(7, "kernel size of the first (mask A) layer", resume="binding")
+    kernel: int = option(3, "kernel size of the other layers", resume="binding")
+    head_channels: int = option(256, "channels of the skip connections and the output head", resume="binding")
+    skips: bool = option(True, "sum a skip connection from every gated layer into the head (off: the head reads "
+                               "the last layer)", resume="binding")
+    dropout: float = option(0.0, "dropout of the gated features in training (0: off)", resume="binding")
+    label_dropout: float = option(0.0, "share of training labels replaced by a null class, so that the prior can "
+                                       "sample with classifier-free guidance (0: no null class)", resume="binding")
 
     def __post_init__(self) -> None:
         require(self.codebook_size >= 2, f"codebook_size={self.codebook_size} is not allowed; must be >= 2")

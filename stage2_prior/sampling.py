@@ -18,61 +18,77 @@ The network is convolutional, so any grid size can be sampled; `known` codes are
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, replace
-from typing import NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from tqdm import tqdm
 
+from vqgen.engine.configs import config_from_dict, option, require
 from vqgen.engine.errors import UsageError
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.layers import GatedBlock, gate
 from vqgen.stage2_prior.model import GatedPixelCNN
 
 Labels = int | torch.Tensor | None
-GUIDANCE_SCHEDULES = ("constant", "linear")
+GuidanceSchedule = Literal["constant", "linear"]
+GUIDANCE_SCHEDULES: tuple[str, ...] = typing.get_args(GuidanceSchedule)
 
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """How each code is drawn from the prior's logits.
+    """How each code is drawn from the prior's logits: one value that travels whole from the command line
+    (pipeline/options.py makes its flags from these fields) to the sampler.
 
-    `guidance` s: 1 samples the conditional prior as trained, 0 the unconditional one (the null class),
-    s > 1 pushes each grid further toward its class; it needs a prior trained with label dropout.
-    A constant scale makes every code typical of the class and so costs diversity; the
-    `guidance_schedule` "linear" ramps it from 1 at the first position to s at the last (MAR's and
-    VAR's linear schedules: the first codes, which fix a grid's layout, are drawn as the prior has
-    learnt them), and `guidance_interval` f guides only the first f of the positions in raster order
+    `guidance` s: 1 samples the conditional prior as trained, 0 the unconditional one (the null class) at
+    every position, whatever the schedule; s > 1 pushes each grid further toward its class; it needs a
+    prior trained with label dropout. A constant scale makes every code typical of the class and so costs
+    diversity; the `guidance_schedule` "linear" ramps it from 1 at the first position to s at the last
+    (MAR's and VAR's linear schedules: the first codes, which fix a grid's layout, are drawn as the prior
+    has learnt them), and `guidance_interval` f guides only the first f of the positions in raster order
     and draws the rest at scale 1 (LlamaGen's cfg_interval). `top_k` None and `top_p` None keep every code.
+    Errors name the field; the command line names the flag.
     """
 
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    guidance: float = 1.0
-    guidance_schedule: str = "constant"
-    guidance_interval: float = 1.0
+    temperature: float = option(1.0, "softmax temperature (> 0)")
+    top_k: int | None = option(None, "sample among the k most likely codes only (none: all codes)")
+    top_p: float | None = option(None, "sample among the fewest most likely codes holding this share of the "
+                                       "probability (nucleus sampling, 0 < P <= 1; none: all codes)")
+    guidance: float = option(1.0, "classifier-free guidance scale (1: the conditional prior as trained, 0: "
+                                  "unconditional, above 1: closer to the class; needs a prior trained with "
+                                  "label dropout)")
+    guidance_schedule: GuidanceSchedule = option("constant", "constant: the scale at every position; linear: "
+                                                 "ramped from 1 at the first position to the scale at the last, "
+                                                 "in raster order")
+    guidance_interval: float = option(1.0, "share of the positions guided, from the first in raster order "
+                                           "(0 < F <= 1; the rest are drawn at scale 1)")
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise UsageError(f"--temperature={self.temperature} is not allowed; must be > 0")
-        if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"--top-k={self.top_k} is not allowed; must be in 1..K (the prior's codes)")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise UsageError(f"--top-p={self.top_p} is not allowed; must be in (0, 1]")
-        if not self.guidance >= 0:
-            raise UsageError(f"--guidance={self.guidance} is not allowed; must be >= 0 (1: plain conditional)")
-        if self.guidance_schedule not in GUIDANCE_SCHEDULES:
-            raise UsageError(f"--guidance-schedule={self.guidance_schedule!r} is not allowed; must be one of "
-                             f"{', '.join(GUIDANCE_SCHEDULES)}")
-        if not 0 < self.guidance_interval <= 1:
-            raise UsageError(f"--guidance-interval={self.guidance_interval} is not allowed; must be in (0, 1] "
-                             "(the share of the positions guided, from the first; 1: all)")
+        require(self.temperature > 0, f"temperature={self.temperature} is not allowed; must be > 0")
+        require(self.top_k is None or self.top_k >= 1,
+                f"top_k={self.top_k} is not allowed; must be in 1..K (the prior's codes), or none")
+        require(self.top_p is None or 0 < self.top_p <= 1, f"top_p={self.top_p} is not allowed; must be in (0, 1]")
+        require(self.guidance >= 0, f"guidance={self.guidance} is not allowed; must be >= 0 (1: plain conditional)")
+        require(self.guidance_schedule in GUIDANCE_SCHEDULES, f"guidance_schedule={self.guidance_schedule!r} is "
+                f"not allowed; must be one of {', '.join(GUIDANCE_SCHEDULES)}")
+        require(0 < self.guidance_interval <= 1, f"guidance_interval={self.guidance_interval} is not allowed; "
+                "must be in (0, 1] (the share of the positions guided, from the first; 1: all)")
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], source: str = "sampling options") -> "SamplingOptions":
+        """The options among a record's keys (eval.json's settings hold scores beside them), by name; a
+        field a record of an older version lacks keeps its default."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return config_from_dict(cls, {k: v for k, v in record.items() if k in names}, source)
 
     def scale_at(self, position: int, positions: int) -> float:
         """The guidance scale at a raster position (0 .. positions - 1) of a grid."""
+        if self.guidance == 0:
+            return 0.0
         if position >= self.guidance_interval * positions:
             return 1.0
         if self.guidance_schedule == "linear":
@@ -82,25 +98,29 @@ class SamplingOptions:
     @property
     def uniform(self) -> bool:
         """Whether every position is drawn at the scale `guidance`."""
-        return self.guidance == 1 or (self.guidance_schedule == "constant" and self.guidance_interval == 1)
+        return self.guidance in (0, 1) or (self.guidance_schedule == "constant" and self.guidance_interval == 1)
+
+    def describe(self) -> str:
+        """The setting in words, as commands print it: 'T=0.9 top-k=all top-p=all guidance=5 (linear)'."""
+        guidance = f"guidance={self.guidance:g}"
+        if self.guidance == 0:
+            guidance += " (unconditional)"
+        elif self.guidance != 1:
+            guidance += "" if self.guidance_schedule == "constant" else f" ({self.guidance_schedule})"
+            guidance += "" if self.guidance_interval == 1 else f" on the first {self.guidance_interval:.0%}"
+        return f"T={self.temperature:g} top-k={self.top_k or 'all'} top-p={self.top_p or 'all'} {guidance}"
 
     def check(self, config: PriorConfig) -> None:
         """What depends on the prior: top-k within its K, guidance only with a null class."""
-        check_top_k(self.top_k, config.codebook_size)
+        require(self.top_k is None or self.top_k <= config.codebook_size,
+                f"top_k={self.top_k} is not allowed; must be in 1..{config.codebook_size} (the prior's K)")
         if self.guidance == 1:
             return
-        if not config.num_classes:
-            raise UsageError(f"--guidance={self.guidance:g} needs a class-conditional prior; this one is "
-                             "unconditional (use --guidance 1)")
-        if config.null_label is None:
-            raise UsageError(f"--guidance={self.guidance:g} needs a prior trained with label dropout (a null "
-                             "class); this one was trained without: use --guidance 1, or retrain with "
-                             "--prior-label-dropout 0.1")
-
-
-def check_top_k(top_k: int | None, codebook_size: int) -> None:
-    if top_k is not None and not 1 <= top_k <= codebook_size:
-        raise UsageError(f"--top-k={top_k} is not allowed; must be in 1..{codebook_size} (the prior's K)")
+        require(bool(config.num_classes), f"guidance={self.guidance:g} needs a class-conditional prior; this one "
+                "is unconditional (use guidance 1)")
+        require(config.null_label is not None, f"guidance={self.guidance:g} needs a prior trained with label "
+                "dropout (a null class); this one was trained without: use guidance 1, or retrain with a "
+                "label dropout such as 0.1")
 
 
 def log_probs(logits: torch.Tensor, options: SamplingOptions) -> torch.Tensor:

@@ -4,6 +4,7 @@ masked | completions, and every bad request is one line naming the fix."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vqgen.pipeline.generate import Generator
+from vqgen.pipeline.generate import Generator, load_sampling, save_sampling
+from vqgen.stage2_prior.sampling import SamplingOptions
 from test_cli import TINY_RUN, vqgen
 
 
@@ -86,3 +88,27 @@ def test_an_image_the_vqvae_was_not_built_for_is_named(run: Path, tmp_path: Path
     assert vqgen("complete", "--vqvae", run / "vqvae", "--prior", run / "prior", "--image", tmp_path / "rgb.png",
                  "--keep-top", "8", "--label", "0", "--device", "cpu", "--out", tmp_path / "x") != 0
     assert "images are 1x20x20 but the VQ-VAE was built for 1x16x16" in capsys.readouterr().err
+
+
+def test_every_sampling_option_reaches_the_completions(run: Path, folder: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """A flag left out keeps the prior's saved default; each one given replaces it, schedule and interval
+    included; what ran is printed and written beside the completions."""
+    prior = Path(shutil.copytree(run / "prior", tmp_path / "prior"))
+    save_sampling(SamplingOptions(temperature=0.7, guidance=2.0, guidance_schedule="linear"), prior)
+    out = tmp_path / "done"
+    assert vqgen("complete", "--vqvae", run / "vqvae", "--prior", prior, "--image", image_of(folder), "--keep-top", "4",
+                 "--label", "1", "-n", "4", "--seed", "2", "--guidance-schedule", "constant", "--guidance-interval",
+                 "0.5", "--device", "cpu", "--out", out) == 0
+    ran = SamplingOptions(temperature=0.7, guidance=2.0, guidance_schedule="constant", guidance_interval=0.5)
+    assert load_sampling(out) == ran
+    assert f"completions at {ran.describe()}" in capsys.readouterr().out
+    generator = Generator.from_pretrained(run / "vqvae", prior, device="cpu")
+    with Image.open(image_of(folder)) as picture:
+        image = torch.from_numpy(np.array(picture)).float().div(255)[None]
+    mask = torch.ones(16, 16, dtype=torch.bool)
+    mask[:4] = False
+    expected = generator.complete(image, mask, 4, 1, ran, seed=2, progress=False)
+    np.testing.assert_array_equal(np.load(out / "codes.npy"), expected.samples.codes.numpy())
+    ramped = generator.complete(image, mask, 4, 1, seed=2, progress=False)  # the saved linear schedule
+    assert not torch.equal(ramped.samples.codes, expected.samples.codes)

@@ -20,7 +20,7 @@ from vqgen.engine.trainer import saved_step
 from vqgen.pipeline.cli import main
 from vqgen.data.images import DatasetInfo, ImageDataset
 from vqgen.engine.errors import UsageError
-from vqgen.pipeline.evaluation.evaluate import SETTING_KEYS, EvalOptions, evaluate_run, held_out, setting_name
+from vqgen.pipeline.evaluation.evaluate import SETTING_FIELDS, EvalOptions, evaluate_run, held_out, setting_name
 from vqgen.pipeline.generate import SAMPLING_FILE, Generator, load_sampling, save_sampling
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.sampling import SamplingOptions
@@ -56,7 +56,7 @@ TRUNCATIONS = [(None, None), (8, None), (None, 0.9)]  # all codes, K/8, top-p 0.
 
 
 def settings_of(entries: list[dict]) -> list[tuple]:
-    return [tuple(s[k] for k in SETTING_KEYS) for s in entries]
+    return [tuple(s[k] for k in SETTING_FIELDS) for s in entries]
 
 
 def guiding_of(entry: dict) -> tuple:
@@ -81,7 +81,7 @@ def test_run_with_eval_writes_eval_json_of_the_documented_shape(evaluated: Path)
     best = min(report["selection"], key=lambda s: s["frechet"])
     assert settings_of([report["chosen"]]) == settings_of([best]) and report["chosen"]["selection_frechet"] == best["frechet"]
     cas = report["classification_accuracy_score"]
-    assert 0 <= cas["samples"] <= 1 and 0 <= cas["real"] <= 1 and cas["images"] == 2000  # the fresh draw's among them
+    assert 0 <= cas["samples"] <= 1 and 0 <= cas["real"] <= 1 and cas["images"] == 48  # as many samples as real images: the whole train split
     assert json.loads((evaluated / "report.json").read_text())["eval"] == report
 
 
@@ -91,9 +91,9 @@ def test_the_chosen_setting_is_reported_on_a_fresh_draw_and_another_reference(ev
     scored against other real images."""
     run = Path(shutil.copytree(evaluated, tmp_path / "run"))
     seeds: list[int] = []
-    real_sample_with = Generator.sample_with
-    monkeypatch.setattr(Generator, "sample_with", lambda self, n, labels, options, seed=None, *a, **k:
-                        seeds.append(seed) or real_sample_with(self, n, labels, options, seed, *a, **k))
+    real_sample = Generator.sample
+    monkeypatch.setattr(Generator, "sample", lambda self, *a, seed=None, **k:
+                        seeds.append(seed) or real_sample(self, *a, seed=seed, **k))
     report = evaluate_run(run, EvalOptions(temperatures=(1.0,), guidances=(1.0,), seed=7, device="cpu"),
                           progress=False)
     assert seeds == [7, 7, 7, 8, 9]  # three settings on one draw; the chosen one afresh; the rest of CAS's samples
@@ -183,7 +183,7 @@ def test_a_test_split_too_small_to_evaluate_is_refused_before_any_training(tmp_p
 
 def test_chosen_setting_becomes_the_sampling_default(evaluated: Path, tmp_path: Path) -> None:
     chosen = json.loads((evaluated / "eval.json").read_text())["chosen"]
-    assert load_sampling(evaluated / "prior") == SamplingOptions(*(chosen[k] for k in SETTING_KEYS))
+    assert load_sampling(evaluated / "prior") == SamplingOptions.from_record(chosen)
     generator = Generator.from_pretrained(evaluated / "vqvae", evaluated / "prior", device="cpu")
     implicit = generator.sample(6, labels=1, seed=3, progress=False).codes
     explicit = generator.sample(6, labels=1, temperature=chosen["temperature"], seed=3, progress=False).codes
@@ -199,7 +199,7 @@ def test_sample_options_replace_one_default_each_and_none_means_all_codes(evalua
     run = Path(shutil.copytree(evaluated, tmp_path / "run"))
     save_sampling(SamplingOptions(temperature=0.7, top_k=2, top_p=0.5, guidance=2.0), run / "prior")
     generator = Generator.from_pretrained(run / "vqvae", run / "prior", device="cpu")
-    assert generator.options(temperature=1.3) == SamplingOptions(1.3, 2, 0.5, 2.0)
+    assert generator.options(temperature=1.3) == SamplingOptions(temperature=1.3, top_k=2, top_p=0.5, guidance=2.0)
     common = ["sample", "--vqvae", run / "vqvae", "--prior", run / "prior", "-n", "6", "--label", "1", "--seed", "3",
               "--device", "cpu"]
     assert vqgen(*common, "--top-k", "none", "--top-p", "none", "--out", tmp_path / "all") == 0
@@ -208,8 +208,28 @@ def test_sample_options_replace_one_default_each_and_none_means_all_codes(evalua
     truncated = generator.sample(6, labels=1, seed=3, progress=False).codes
     assert not torch.equal(everything, truncated)
     assert vqgen(*common, "--guidance-schedule", "linear", "--guidance-interval", "0.5", "--out", tmp_path / "ramp") == 0
-    ramped = generator.sample_with(6, 1, SamplingOptions(0.7, 2, 0.5, 2.0, "linear", 0.5), seed=3, progress=False)
+    ramped = generator.sample(6, 1, SamplingOptions(temperature=0.7, top_k=2, top_p=0.5, guidance=2.0,
+                                                    guidance_schedule="linear", guidance_interval=0.5),
+                              seed=3, progress=False)
     np.testing.assert_array_equal(np.load(tmp_path / "ramp" / "codes.npy"), ramped.codes.numpy())
+    assert load_sampling(tmp_path / "ramp") == ramped.options  # what ran, written beside the samples
+
+
+def test_sample_says_what_ran_and_guidance_zero_is_unconditional_whatever_the_saved_schedule(
+        evaluated: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = Path(shutil.copytree(evaluated, tmp_path / "run"))
+    save_sampling(SamplingOptions(guidance=5.0, guidance_schedule="linear", guidance_interval=0.5), run / "prior")
+    common = ["sample", "--vqvae", run / "vqvae", "--prior", run / "prior", "-n", "4", "--label", "1", "--seed", "3",
+              "--device", "cpu"]
+    capsys.readouterr()
+    assert vqgen(*common, "--guidance", "2", "--out", tmp_path / "two") == 0
+    assert "samples at T=1 top-k=all top-p=all guidance=2 (linear) on the first 50% written" in capsys.readouterr().out
+    assert load_sampling(tmp_path / "two").guidance_schedule == "linear"
+    assert vqgen(*common, "--guidance", "0", "--out", tmp_path / "zero") == 0
+    assert "guidance=0 (unconditional) written" in capsys.readouterr().out
+    generator = Generator.from_pretrained(run / "vqvae", run / "prior", device="cpu")
+    null = generator.sample(4, 1, SamplingOptions(guidance=0.0), seed=3, progress=False)  # the null class throughout
+    np.testing.assert_array_equal(np.load(tmp_path / "zero" / "codes.npy"), null.codes.numpy())
 
 
 def test_eval_command_rescores_with_the_settings_asked(evaluated: Path, tmp_path: Path,
@@ -228,9 +248,10 @@ def test_eval_command_rescores_with_the_settings_asked(evaluated: Path, tmp_path
     assert "real held-out (floor)" in out and "x real" in out and "chosen: T=" in out
     assert "classification accuracy score" in out
     assert (run / "eval" / "samples-t0.5-topkall-topp0.8-g1.5-linear-first0.5.png").exists()
-    assert (run / "eval" / f"{setting_name(SamplingOptions(2.0, 3, 0.8, *best))}.png").exists()
+    setting = SamplingOptions.from_record(dict(zip(SETTING_FIELDS, (2.0, 3, 0.8, *best))))
+    assert (run / "eval" / f"{setting_name(setting)}.png").exists()
     assert (run / "eval" / "chosen.png").exists()
-    assert load_sampling(run / "prior") == SamplingOptions(*(report["chosen"][k] for k in SETTING_KEYS))
+    assert load_sampling(run / "prior") == SamplingOptions.from_record(report["chosen"])
 
 
 def test_eval_scores_what_it_is_asked_not_the_saved_default(evaluated: Path, tmp_path: Path) -> None:
@@ -238,15 +259,14 @@ def test_eval_scores_what_it_is_asked_not_the_saved_default(evaluated: Path, tmp
     run = Path(shutil.copytree(evaluated, tmp_path / "run"))
     options = EvalOptions(n_per_class=2, temperatures=(1.0,), top_ks=(None,), guidances=(1.0,), device="cpu")
     before = evaluate_run(run, options, progress=False)["selection"][0]
-    save_sampling(SamplingOptions(1.0, 1), run / "prior")
+    save_sampling(SamplingOptions(top_k=1), run / "prior")
     after = evaluate_run(run, options, progress=False)["selection"][0]
     assert after == before and after["top_k"] is None
 
 
 def test_bad_eval_options_are_named(evaluated: Path, capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        vqgen("eval", "--run", evaluated, "--temperature", "0", "--device", "cpu")
-    assert exit_info.value.code == 2 and "--temperature=0.0 is not allowed" in capsys.readouterr().err
+    assert vqgen("eval", "--run", evaluated, "--temperature", "0", "--device", "cpu") == 2
+    assert "--temperature=0.0 is not allowed" in capsys.readouterr().err
     assert vqgen("eval", "--run", evaluated.parent / "nowhere", "--device", "cpu") == 1
     assert "is not a vqgen run directory" in capsys.readouterr().err
     assert not (evaluated.parent / "nowhere").exists()  # refused before its lock could create it
@@ -291,9 +311,9 @@ def test_default_search_scales_top_k_with_the_codebook_and_guides_only_with_a_nu
     scheduled = EvalOptions(guidances=(1.0, 2.0), guidance_intervals=(1.0, 0.5)).guidings(guided)
     assert scheduled == [(1.0, "constant", 1.0), (2.0, "constant", 1.0), (2.0, "constant", 0.5), (2.0, "linear", 1.0),
                          (2.0, "linear", 0.5)]
-    with pytest.raises(UsageError, match="--guidance=2 needs a prior trained with label dropout"):
+    with pytest.raises(UsageError, match="guidance=2 needs a prior trained with label dropout"):
         EvalOptions(guidances=(2.0,)).check(PriorConfig.small(num_classes=10, label_dropout=0.0))
-    with pytest.raises(UsageError, match="--top-k=600 is not allowed"):
+    with pytest.raises(UsageError, match="top_k=600 is not allowed"):
         EvalOptions(top_ks=(600,)).check(guided)
 
 

@@ -100,3 +100,20 @@ def test_an_existing_local_path_is_never_looked_up(exported: Path, tmp_path: Pat
 ])
 def test_what_reads_as_a_hub_id(source: str, expected: bool) -> None:
     assert is_hub_id(source) == expected
+
+
+def test_a_local_folder_without_a_model_sub_folder_is_one_line_not_a_hub_lookup(
+        exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only what the caller typed may name a Hub repo: "mymodel/prior" derived from a local mymodel/ is a
+    missing sub-folder, never a download (nor advice to install the Hub extra)."""
+    import vqgen.engine.hub as hub
+
+    monkeypatch.setattr(hub, "download", lambda hub_id: pytest.fail(f"looked up {hub_id} on the Hub"))
+    for missing in ("prior", "vqvae"):
+        folder = Path(shutil.copytree(exported, tmp_path / f"without-{missing}"))
+        shutil.rmtree(folder / missing)
+        monkeypatch.chdir(tmp_path)  # a relative path, as a user types it, shaped like a Hub id
+        with pytest.raises(VQGenError) as error:
+            Generator.from_pretrained(f"without-{missing}")
+        message = str(error.value)
+        assert f"holds no {missing}/ folder" in message and "pip install" not in message and "\n" not in message

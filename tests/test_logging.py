@@ -18,7 +18,7 @@ from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.trainer import TrainConfig, saved_step
 from vqgen.engine.units import codes, describe
 from vqgen.pipeline.cli import main
-from vqgen.pipeline.evaluation.evaluate import SETTING_KEYS, setting_name
+from vqgen.pipeline.evaluation.evaluate import setting_name
 from vqgen.pipeline.plots import Panel, linear_axis, log_axis, plot_curves, tick_label
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.sampling import SamplingOptions
@@ -46,7 +46,7 @@ def test_every_stage_of_a_run_gets_its_scalars_and_images(logged: Path) -> None:
     boards = logged / "tensorboard"
     assert sorted(p.name for p in boards.iterdir()) == ["eval", "judge", "prior", "samples", "vqvae"]
     scored = json.loads((logged / "eval.json").read_text())["selection"]
-    settings = list(dict.fromkeys(setting_name(SamplingOptions(*(s[k] for k in SETTING_KEYS))) for s in scored))
+    settings = list(dict.fromkeys(setting_name(SamplingOptions.from_record(s)) for s in scored))
     assert len(settings) == 17  # the default search: 9 guidings, then 8 temperatures and truncations at the best
     sets = ["real", "reconstructions", *settings]
     expected = {

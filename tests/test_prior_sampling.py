@@ -108,17 +108,17 @@ def test_an_int_label_is_shared_and_a_tensor_gives_one_per_grid() -> None:
 
 
 @pytest.mark.parametrize("classes, kwargs, message", [
-    (3, dict(temperature=0.0), "--temperature=0.0 is not allowed; must be > 0"),
-    (3, dict(temperature=-1.0), "--temperature=-1.0 is not allowed; must be > 0"),
-    (3, dict(top_k=17), r"--top-k=17 is not allowed; must be in 1..16 \(the prior's K\)"),
-    (3, dict(top_k=0), "--top-k=0 is not allowed; must be in 1..K"),
-    (3, dict(top_p=0.0), r"--top-p=0.0 is not allowed; must be in \(0, 1\]"),
-    (3, dict(top_p=1.5), r"--top-p=1.5 is not allowed; must be in \(0, 1\]"),
-    (3, dict(guidance=-0.5), "--guidance=-0.5 is not allowed; must be >= 0"),
-    (3, dict(guidance=2.0), "--guidance=2 needs a prior trained with label dropout"),
-    (0, dict(guidance=2.0), "--guidance=2 needs a class-conditional prior"),
-    (3, dict(guidance_schedule="cosine"), "--guidance-schedule='cosine' is not allowed; must be one of constant, linear"),
-    (3, dict(guidance_interval=0.0), r"--guidance-interval=0.0 is not allowed; must be in \(0, 1\]"),
+    (3, dict(temperature=0.0), "temperature=0.0 is not allowed; must be > 0"),
+    (3, dict(temperature=-1.0), "temperature=-1.0 is not allowed; must be > 0"),
+    (3, dict(top_k=17), r"top_k=17 is not allowed; must be in 1..16 \(the prior's K\)"),
+    (3, dict(top_k=0), "top_k=0 is not allowed; must be in 1..K"),
+    (3, dict(top_p=0.0), r"top_p=0.0 is not allowed; must be in \(0, 1\]"),
+    (3, dict(top_p=1.5), r"top_p=1.5 is not allowed; must be in \(0, 1\]"),
+    (3, dict(guidance=-0.5), "guidance=-0.5 is not allowed; must be >= 0"),
+    (3, dict(guidance=2.0), "guidance=2 needs a prior trained with label dropout"),
+    (0, dict(guidance=2.0), "guidance=2 needs a class-conditional prior"),
+    (3, dict(guidance_schedule="cosine"), "guidance_schedule='cosine' is not allowed; must be one of constant, linear"),
+    (3, dict(guidance_interval=0.0), r"guidance_interval=0.0 is not allowed; must be in \(0, 1\]"),
 ])
 def test_bad_sampling_options_are_named(classes: int, kwargs: dict, message: str) -> None:
     model = model_for((3, 3), classes)
@@ -222,9 +222,11 @@ def test_guidance_one_is_plain_and_zero_is_the_null_class() -> None:
     assert not torch.equal(draw_with(2, 0.0), draw_with(2, 1.0))
     assert torch.equal(draw_with(1, 2.5), draw_with(1, 2.5, sample_naive))
     assert not torch.equal(draw_with(1, 2.5), draw_with(1, 1.0))
-    ramped = SamplingOptions(guidance=0.0, guidance_schedule="linear")  # 1 -> 0: not the null class alone
-    assert not torch.equal(sample(model, 8, 2, ramped, torch.Generator().manual_seed(5), progress=False),
-                           draw_with(2, 0.0))
+    for schedule, interval in (("linear", 1.0), ("constant", 0.5), ("linear", 0.3)):  # 0 is unconditional throughout
+        scheduled = SamplingOptions(guidance=0.0, guidance_schedule=schedule, guidance_interval=interval)
+        for sampler in (sample, sample_naive):
+            assert torch.equal(sampler(model, 8, 2, scheduled, torch.Generator().manual_seed(5), progress=False),
+                               draw_with(2, 0.0))
 
 
 def test_guidance_sharpens_the_class() -> None:

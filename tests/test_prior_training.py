@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,3 +97,18 @@ def test_held_out_rows_are_spread_over_the_classes_for_the_model_and_the_unigram
     model = GatedPixelCNN.from_pretrained(tmp_path / "prior")
     assert record["bits_per_code"] == pytest.approx(
         evaluate_prior(model, LatentDataset(held), torch.device("cpu"), rows)["bits_per_code"], rel=1e-5)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_a_time_budget_that_cuts_a_cosine_decay_short_says_so(schedule: str, tmp_path: Path) -> None:
+    """A cosine schedule planned over --steps and stopped by --max-seconds ends mid-decay: a warning names
+    the step and the learning rate it stopped at; a constant schedule has nothing to warn of."""
+    data = structured_latents(tmp_path / "train", 32, 0)
+    config = TrainConfig(steps=50, batch_size=8, max_seconds=1e-9, schedule=schedule, device="cpu")
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        result = train_prior(PriorConfig.tiny(), config, data, data, tmp_path / "prior", progress=False)
+    cut = [str(w.message) for w in warned if "cosine schedule" in str(w.message)]
+    assert result["step"] < 50 and len(cut) == (schedule == "cosine")
+    if cut:
+        assert f"at step {result['step']} of 50" in cut[0] and "max_seconds=1e-09" in cut[0]

@@ -34,6 +34,7 @@ _PUBLIC = {
     "Generator": ("vqgen.pipeline.generate", "Generator"),
     "Samples": ("vqgen.pipeline.generate", "Samples"),
     "save_samples": ("vqgen.pipeline.generate", "save_samples"),
+    "EvalOptions": ("vqgen.pipeline.evaluation.evaluate", "EvalOptions"),
     "RunSpec": ("vqgen.pipeline.run", "RunSpec"),
     "run": ("vqgen.pipeline.run", "run"),
     "VQVAEConfig": ("vqgen.stage1_vqvae.config", "VQVAEConfig"),
@@ -42,6 +43,7 @@ _PUBLIC = {
     "train_vqvae": ("vqgen.stage1_vqvae.train", "train_vqvae"),
     "PriorConfig": ("vqgen.stage2_prior.config", "PriorConfig"),
     "GatedPixelCNN": ("vqgen.stage2_prior.model", "GatedPixelCNN"),
+    "SamplingOptions": ("vqgen.stage2_prior.sampling", "SamplingOptions"),
     "sample_codes": ("vqgen.stage2_prior.sampling", "sample"),
     "train_prior": ("vqgen.stage2_prior.train", "train_prior"),
 }

@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+import dataclasses
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,7 +61,8 @@ from vqgen.pipeline.spec import load_spec, require_run_dir
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.model import GatedPixelCNN
-from vqgen.stage2_prior.sampling import SamplingOptions
+from vqgen.engine.configs import config_to_dict, option, require
+from vqgen.stage2_prior.sampling import GUIDANCE_SCHEDULES, GuidanceSchedule, SamplingOptions
 
 EVAL_FILE = "eval.json"
 MIN_GROUPS = 10
@@ -70,8 +72,7 @@ GRID_PER_CLASS = 10
 TOP_K_SHARE = 8        # default truncations: all codes, top-k K/8, or top-p TOP_P
 TOP_P = 0.9
 GUIDANCE = (1.0, 1.5, 2.0, 3.0, 5.0)  # default scales for a prior with a null class (README, "Color images")
-GUIDANCE_SCHEDULES = ("constant", "linear")  # a linear ramp to 5 beat every constant scale on CIFAR-10
-SETTING_KEYS = ("temperature", "top_k", "top_p", "guidance", "guidance_schedule", "guidance_interval")
+SETTING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingOptions))  # of a scored setting's record
 SHARES = (4, 2, 1)  # successive halving: the rounds draw n/4, n/2 and n samples of each setting left
 KEEP = 3            # each screening round keeps the best third
 TOP_UP_SEED = 2     # round r >= 1 tops its settings up with samples of seed + TOP_UP_SEED + r
@@ -89,15 +90,39 @@ class EvalOptions:
     scale but 1 is tried at every schedule and interval. `n_per_class=None` means 50, or more where
     needed to reach MIN_IMAGES per set."""
 
-    n_per_class: int | None = None
-    temperatures: tuple[float, ...] = (0.9, 1.0, 1.1)
-    top_ks: tuple[int | None, ...] | None = None
-    top_ps: tuple[float | None, ...] | None = None
-    guidances: tuple[float, ...] | None = None
-    guidance_schedules: tuple[str, ...] = GUIDANCE_SCHEDULES
-    guidance_intervals: tuple[float, ...] = (1.0,)
-    seed: int = 0
-    device: str = "auto"
+    n_per_class: int | None = option(None, "held-out images and samples per class (none: 50, or more to reach "
+                                           f"{MIN_IMAGES} in all)")
+    temperatures: tuple[float, ...] = option((0.9, 1.0, 1.1), "sampling temperatures to score",
+                                              scores="temperature")
+    top_ks: tuple[int | None, ...] | None = option(None, "top-k values to score, none for all codes (none given: all "
+                                                         "codes, top-k K/8 or top-p 0.9; given top-k and top-p "
+                                                         "values are scored in every combination)",
+                                                  scores="top_k")
+    top_ps: tuple[float | None, ...] | None = option(None, "top-p (nucleus) values to score, none for all codes",
+                                                     scores="top_p")
+    guidances: tuple[float, ...] | None = option(None, "guidance scales to score (none: "
+                                                       f"{', '.join(f'{g:g}' for g in GUIDANCE)} for a prior trained "
+                                                       "with label dropout, else 1); searched first, at the "
+                                                       "temperature nearest 1 and the first truncation", scores="guidance")
+    guidance_schedules: tuple[GuidanceSchedule, ...] = option(GUIDANCE_SCHEDULES, "guidance schedules to score with "
+                                                              "every scale but 1", scores="guidance_schedule")
+    guidance_intervals: tuple[float, ...] = option((1.0,), "shares of the positions guided, from the first, to "
+                                                           "score with every scale but 1", scores="guidance_interval")
+    seed: int = option(0, "seed of the held-out rows, of the samples and of the classification score's rows")
+    device: str = option("auto", "auto (GPU when present), cpu or cuda[:N]")
+
+    def __post_init__(self) -> None:
+        """Every value searched is checked as the sampling option it is, so an error names that option."""
+        require(self.n_per_class is None or self.n_per_class >= 1,
+                f"n_per_class={self.n_per_class} is not allowed; must be >= 1")
+        for name, values in self.searched().items():
+            for value in values:
+                SamplingOptions(**{name: value})
+
+    def searched(self) -> dict[str, tuple[Any, ...]]:
+        """The sampling option each search field scores (EvalOptions.temperatures -> temperature), with its values."""
+        return {f.metadata["scores"]: getattr(self, f.name) or () for f in dataclasses.fields(self)
+                if f.metadata.get("scores")}
 
     def truncations(self, codebook_size: int) -> list[tuple[int | None, float | None]]:
         if self.top_ks is None and self.top_ps is None:
@@ -105,22 +130,23 @@ class EvalOptions:
         return [(k, p) for k in dict.fromkeys(self.top_ks or (None,)) for p in dict.fromkeys(self.top_ps or (None,))]
 
     def guidings(self, config: PriorConfig) -> list[tuple[float, str, float]]:
-        """(scale, schedule, interval) of every guidance asked for; a scale of 1 is the same at any schedule."""
+        """(scale, schedule, interval) of every guidance asked for; a scale of 0 or 1 is the same at any schedule."""
         guidances = self.guidances or (GUIDANCE if config.null_label is not None else (1.0,))
-        return list(dict.fromkeys((g, "constant", 1.0) if g == 1 else (g, schedule, interval)
+        return list(dict.fromkeys((g, "constant", 1.0) if g in (0, 1) else (g, schedule, interval)
                                   for g in guidances for schedule in self.guidance_schedules
                                   for interval in self.guidance_intervals))
 
     def ladder(self, config: PriorConfig) -> list[SamplingOptions]:
         """The search's first coordinate: every guidance at the temperature nearest 1 and the first truncation."""
         temperature = min(self.temperatures, key=lambda t: abs(math.log(t)))
-        return [SamplingOptions(temperature, *self.truncations(config.codebook_size)[0], *guiding)
-                for guiding in self.guidings(config)]
+        top_k, top_p = self.truncations(config.codebook_size)[0]
+        return [SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, guidance=guidance,
+                                guidance_schedule=schedule, guidance_interval=interval)
+                for guidance, schedule, interval in self.guidings(config)]
 
     def around(self, config: PriorConfig, guided: SamplingOptions) -> list[SamplingOptions]:
         """The second: every temperature with every truncation, at the guidance of `guided`."""
-        guiding = (guided.guidance, guided.guidance_schedule, guided.guidance_interval)
-        return [SamplingOptions(t, top_k, top_p, *guiding) for t in self.temperatures
+        return [replace(guided, temperature=t, top_k=top_k, top_p=top_p) for t in self.temperatures
                 for top_k, top_p in self.truncations(config.codebook_size)]
 
     def check(self, config: PriorConfig) -> None:
@@ -218,10 +244,10 @@ def _show(report: dict[str, Any], grids: Path, log_dir: str | None, step: int) -
         sink.record({"step": step, "split": "judge", **report["judge"]})
         for name in ("real", "reconstructions"):
             sink.record({"step": step, "split": name, **report[name]})
-        last = {setting_name(SamplingOptions(*(s[k] for k in SETTING_KEYS))): s for s in report["selection"]}
+        last = {setting_name(SamplingOptions.from_record(s)): s for s in report["selection"]}
         for name, s in last.items():  # each setting at the largest draw it reached
             names.append(name)
-            sink.record({"step": step, "split": name, **{k: v for k, v in s.items() if k not in SETTING_KEYS}})
+            sink.record({"step": step, "split": name, **{k: v for k, v in s.items() if k not in SETTING_FIELDS}})
         sink.record({"step": step, "split": "chosen", **report["chosen"]})
         if report["classification_accuracy_score"]:
             sink.record({"step": step, "split": "classification_accuracy_score",
@@ -251,7 +277,7 @@ class _Scorer:
         """`per_group` samples of each class (group; default: as many as real images), class by class."""
         per_group = per_group or self.rows.per_group
         count = per_group * (len(self.rows.real) // self.rows.per_group)
-        return self.generator.sample_with(count, self.labels_of(per_group), options, seed, progress=False).images
+        return self.generator.sample(count, self.labels_of(per_group), options, seed=seed, progress=False).images
 
     def grid(self, images: torch.Tensor, path: Path) -> Image.Image:
         """Up to GRID_PER_CLASS images of each class (group), a row each."""
@@ -290,7 +316,7 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
                                     progress, {"test_accuracy": judge_accuracy, "task": judge.config.task})
                 report["seconds"] = time.perf_counter() - start
                 write_json(out / EVAL_FILE, report)
-                save_sampling(SamplingOptions(*(report["chosen"][k] for k in SETTING_KEYS)), out / "prior")  # last
+                save_sampling(SamplingOptions.from_record(report["chosen"]), out / "prior")  # last
                 return report
 
             report = on_main(ctx, score)
@@ -314,7 +340,7 @@ def _score_run(out: Path, options: EvalOptions, generator: Generator, judge: Jud
     chosen, selection_frechet = _select(scorer, options.ladder(config), lambda best: options.around(config, best),
                                         judge, out, options.seed, progress, report["selection"])
     fresh = scorer.draw(chosen, options.seed + 1)
-    report["chosen"] = {**asdict(chosen), **_score(judge, fresh, scorer.reference, scorer.labels),
+    report["chosen"] = {**config_to_dict(chosen), **_score(judge, fresh, scorer.reference, scorer.labels),
                         "selection_frechet": selection_frechet}
     scorer.grid(fresh, out / "eval" / "chosen.png")
     report["classification_accuracy_score"] = classification_accuracy_score(
@@ -345,7 +371,7 @@ def _select(scorer: _Scorer, ladder: list[SamplingOptions], around: Callable[[Sa
                     [drawn[setting].unflatten(0, (groups, -1)), extra.unflatten(0, (groups, -1))], 1).flatten(0, 1)
             images = drawn[setting].unflatten(0, (groups, -1))[:, :size].flatten(0, 1)
             scores = _score(judge, images, scorer.selection, scorer.labels_of(size))
-            record.append({**asdict(setting), **scores, "n": len(images)})
+            record.append({**config_to_dict(setting), **scores, "n": len(images)})
             frechet[setting] = scores["frechet"]
             scorer.grid(images, out / "eval" / f"{setting_name(setting)}.png")
             bar.update()
@@ -369,12 +395,9 @@ def _select(scorer: _Scorer, ladder: list[SamplingOptions], around: Callable[[Sa
     return best, frechet[best]
 
 
-def describe_setting(s: dict[str, Any]) -> str:
-    """A setting of eval.json in words (one of a previous version, without schedules, as well)."""
-    schedule = "" if s.get("guidance_schedule", "constant") == "constant" else f" ({s['guidance_schedule']})"
-    interval = "" if s.get("guidance_interval", 1.0) == 1 else f" on the first {s['guidance_interval']:.0%}"
-    return (f"T={s['temperature']:g} top-k={s['top_k'] or 'all'} top-p={s['top_p'] or 'all'} "
-            f"guidance={s['guidance']:g}{schedule}{interval}")
+def describe_setting(record: dict[str, Any]) -> str:
+    """The setting of an eval.json record in words (of a previous version, without schedules, as well)."""
+    return SamplingOptions.from_record(record, EVAL_FILE).describe()
 
 
 def summary(report: dict[str, Any]) -> list[str]:
