@@ -19,7 +19,7 @@ from vqgen.engine.locks import directory_lock
 from vqgen.pipeline.evaluation.evaluate import EVAL_FILE
 from vqgen.pipeline.generate import PRIOR_FOLDER, SAMPLING_FILE, VQVAE_FOLDER, load_sampling, save_sampling
 from vqgen.pipeline.model_card import SAMPLES_FILE, model_card
-from vqgen.pipeline.spec import RunSpec, load_spec
+from vqgen.pipeline.spec import RunSpec, load_spec, require_run_dir
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage2_prior.model import GatedPixelCNN
 
@@ -42,8 +42,10 @@ def finished_run(run: Path) -> RunSpec:
 
 def export_model(run: str | Path, out: str | Path) -> Path:
     """Write the folder `out` from the run in `run` (holding the run's lock, so no run writes there
-    meanwhile); `out` appears complete or not at all."""
+    meanwhile); `out` appears complete or not at all. A path that holds no run is refused before the lock,
+    whose file would create it."""
     run, out = Path(run), Path(out)
+    require_run_dir(run)
     with directory_lock(run):
         spec = finished_run(run)
         vqvae, prior = VQVAE.from_pretrained(run / VQVAE_FOLDER), GatedPixelCNN.from_pretrained(run / PRIOR_FOLDER)

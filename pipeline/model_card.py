@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vqgen.engine.trainer import TrainConfig
 from vqgen.pipeline.evaluation.evaluate import describe_setting
 from vqgen.pipeline.spec import RunSpec
 from vqgen.stage1_vqvae.config import VQVAEConfig
@@ -30,35 +31,50 @@ def dataset_name(spec: RunSpec) -> str:
 
 
 def front_matter(spec: RunSpec, conditional: bool) -> str:
-    """The YAML block the Hub reads: library, pipeline, tags and, for a known dataset, its Hub id."""
+    """The YAML block the Hub reads: library, pipeline, tags and, for a known dataset, its Hub id. The Hub's
+    image-generation pipelines are text-to-image, image-to-image and unconditional-image-generation; a
+    class-conditional model is none of them, so it names no pipeline and its tags say class-conditional."""
     tags = ["vqgen", "vq-vae", "pixelcnn", "image-generation"] + (["class-conditional"] if conditional else [])
-    lines = ["---", "library_name: vqgen", "pipeline_tag: unconditional-image-generation", "tags:"]
-    lines += [f"- {tag}" for tag in tags]
+    pipeline = [] if conditional else ["pipeline_tag: unconditional-image-generation"]
+    lines = ["---", "library_name: vqgen", *pipeline, "tags:"] + [f"- {tag}" for tag in tags]
     if spec.data in HUB_DATASETS:
         lines += ["datasets:", f"- {HUB_DATASETS[spec.data]}"]
     return "\n".join(lines + ["---"])
 
 
 def _data(spec: RunSpec, manifest: dict[str, Any]) -> list[str]:
+    """The export manifest counts what the prior trained on: with spec.flip, each image and its mirror image
+    (data/images.py, Mirrored), twice the images of the split."""
     channels, height, width = manifest["source"]["image_shape"]
     classes = manifest["num_classes"]
+    images = manifest["count"] // 2 if spec.flip else manifest["count"]
     return ["## Data", "",
-            f"Trained on the train split of {dataset_name(spec)}: {manifest['count']:,} images of {channels}x{height}x"
+            f"Trained on the train split of {dataset_name(spec)}: {images:,} images of {channels}x{height}x"
             f"{width} (channels x height x width)" + (f", {classes} classes" if classes else ", unlabelled")
-            + (", horizontal mirror images included" if spec.flip else "") + "."]
+            + (f", and their {images:,} horizontal mirror images" if spec.flip else "") + "."]
 
 
-def _models(spec: RunSpec, vqvae: VQVAEConfig, prior: PriorConfig) -> list[str]:
+def _training(config: TrainConfig, stage: dict[str, Any]) -> str:
+    """Steps, batch and learning rate of a stage. The steps are those of its last training record in
+    report.json, the state its figures measure, which a time budget (max_seconds) may have stopped short of
+    the steps configured."""
+    trained = stage["train"]["step"]
+    steps = f"{trained:,} step{'' if trained == 1 else 's'}"
+    if trained < config.steps:
+        budget = f"time budget of {config.max_seconds:g} s; " if config.max_seconds else ""
+        steps += f" ({budget}{config.steps:,} configured)"
+    return f"{steps}, batch {config.batch_size}, lr {config.lr:g}"
+
+
+def _models(spec: RunSpec, report: dict[str, Any], vqvae: VQVAEConfig, prior: PriorConfig) -> list[str]:
     return ["## Models", "",
             "| stage | architecture | training |", "|---|---|---|",
             f"| VQ-VAE | {vqvae.downsamples} downsamplings, hidden {vqvae.hidden}, {vqvae.res_blocks} residual blocks, "
             f"K={vqvae.codebook_size} codes of D={vqvae.code_dim} ({vqvae.quantizer} quantizer), "
-            f"{vqvae.grid[0]}x{vqvae.grid[1]} code grid | {spec.vqvae_train.steps} steps, batch "
-            f"{spec.vqvae_train.batch_size}, lr {spec.vqvae_train.lr:g} |",
+            f"{vqvae.grid[0]}x{vqvae.grid[1]} code grid | {_training(spec.vqvae_train, report['vqvae'])} |",
             f"| gated PixelCNN prior | {prior.layers} layers of {prior.channels} channels, "
             f"{prior.num_classes or 'no'} classes, label dropout {prior.label_dropout:g} | "
-            f"{spec.prior_train.steps} steps, batch {spec.prior_train.batch_size}, lr {spec.prior_train.lr:g}, "
-            f"weight average {spec.prior_train.ema:g} |"]
+            f"{_training(spec.prior_train, report['prior'])}, weight average {spec.prior_train.ema:g} |"]
 
 
 def _score_row(name: str, scores: dict[str, Any], floor: float) -> str:
@@ -99,16 +115,18 @@ def _standard_fid(fid: dict[str, Any] | None) -> list[str]:
                 f"Inception Score {fid['inception_score_mean']:.2f} +- {fid['inception_score_std']:.2f}."]
 
 
-def _usage(conditional: bool, has_samples: bool) -> list[str]:
-    sample = "generator.sample(16, labels=3)" if conditional else "generator.sample(16)"
+def _usage(num_classes: int | None, has_samples: bool) -> list[str]:
+    """Class 0 is the one label every conditional model has."""
+    sample = (f"generator.sample(16, labels=0)  # 16 samples of class 0 (labels run 0 to {num_classes - 1})"
+              if num_classes else "generator.sample(16)  # 16 samples")
     lines = ["## Use", "", "```python", "import vqgen", "",
              'generator = vqgen.Generator.from_pretrained("OWNER/NAME")  # this repo, or a local copy of this folder',
-             f"samples = {sample}  # .images: (16, C, H, W) in [0, 1]", "```", "",
+             f"samples = {sample}; .images: (16, C, H, W) in [0, 1]", "```", "",
              "Reading a Hub id needs `pip install 'vqgen[hub]'`. The prior samples at the setting `vqgen eval` chose "
              "(prior/sampling.json) unless told otherwise. Files: vqvae/ and prior/, each a config.json and a "
              "model.safetensors."]
     return lines + (["", f"![samples]({SAMPLES_FILE})", "", "Samples of the run" +
-                     (", a row per class." if conditional else ".")] if has_samples else [])
+                     (", a row per class." if num_classes else ".")] if has_samples else [])
 
 
 def model_card(spec: RunSpec, report: dict[str, Any], figures: dict[str, Any] | None, vqvae: VQVAEConfig,
@@ -119,6 +137,6 @@ def model_card(spec: RunSpec, report: dict[str, Any], figures: dict[str, Any] | 
              "A two-stage discrete-latent image generator (van den Oord et al. 2017, \"Neural Discrete Representation "
              "Learning\", arXiv 1711.00937; gated PixelCNN of arXiv 1606.05328), trained and exported with vqgen "
              "(`vqgen run`, then `vqgen export-model`)."]
-    sections = [title, _usage(conditional, has_samples), _data(spec, report["export"]["train"]["manifest"]),
-                _models(spec, vqvae, prior), _evaluation(report, figures)]
+    sections = [title, _usage(prior.num_classes, has_samples), _data(spec, report["export"]["train"]["manifest"]),
+                _models(spec, report, vqvae, prior), _evaluation(report, figures)]
     return "\n\n".join([front_matter(spec, conditional)] + ["\n".join(s) for s in sections]) + "\n"

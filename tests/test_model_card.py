@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from test_cli import TINY_RUN, vqgen
+from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import load_safetensors
-from vqgen.engine.trainer import TrainConfig
+from vqgen.engine.trainer import TrainConfig, saved_step
+from vqgen.pipeline.export_model import export_model
 from vqgen.pipeline.generate import Generator
 from vqgen.pipeline.model_card import front_matter
 from vqgen.pipeline.spec import RunSpec
@@ -26,6 +28,19 @@ def run(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Path:
     out = tmp_path_factory.mktemp("card") / "run"
     assert vqgen("run", "--data", folder, "--out", out, *TINY_RUN) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def budget_run(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Path:
+    """A tiny run on the folder and its mirror images whose prior a time budget of 1 ns stops after one step."""
+    out = tmp_path_factory.mktemp("budget") / "run"
+    assert vqgen("run", "--data", folder, "--out", out, *TINY_RUN, "--flip", "--prior-max-seconds", "1e-9") == 0
+    return out
+
+
+def card_of(run: Path, out: Path) -> str:
+    assert vqgen("export-model", "--run", run, "--out", out) == 0
+    return (out / "README.md").read_text()
 
 
 def samples_of(generator: Generator) -> torch.Tensor:
@@ -91,3 +106,42 @@ def test_a_known_dataset_is_named_by_its_hub_id() -> None:
     spec = RunSpec(data="mnist", data_root="/home/someone/data", vqvae=VQVAEConfig.tiny(), vqvae_train=TrainConfig(),
                    prior=PriorConfig.tiny(), prior_train=TrainConfig())
     assert "datasets:\n- ylecun/mnist\n---" in front_matter(spec, conditional=True)
+
+
+def test_the_card_states_the_steps_trained_not_those_configured(budget_run: Path, tmp_path: Path) -> None:
+    card = card_of(budget_run, tmp_path / "model")
+    assert (saved_step(budget_run / "vqvae"), saved_step(budget_run / "prior")) == (4, 1)
+    assert "code grid | 4 steps, batch 8," in card
+    assert "label dropout 0.1 | 1 step (time budget of 1e-09 s; 4 configured), batch 8," in card
+
+
+def test_a_mirrored_run_counts_its_images_once(budget_run: Path, folder: Path, tmp_path: Path) -> None:
+    card = card_of(budget_run, tmp_path / "model")
+    assert (f"the image folder '{folder.name}': 48 images of 1x16x16 (channels x height x width), 2 classes, "
+            "and their 48 horizontal mirror images." in card)
+
+
+def test_the_usage_snippet_runs_on_the_exported_folder(run: Path, tmp_path: Path) -> None:
+    """A two-class model: the card's code, pointed at the folder, samples what its comment says."""
+    card = card_of(run, tmp_path / "model")
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1).replace("OWNER/NAME", str(tmp_path / "model"))
+    scope: dict = {}
+    exec(snippet, scope)
+    assert scope["samples"].images.shape == (16, 1, 16, 16) and scope["samples"].labels.eq(0).all()
+    assert "# 16 samples of class 0 (labels run 0 to 1); .images" in snippet
+
+
+def test_only_an_unconditional_model_claims_the_unconditional_pipeline() -> None:
+    """The Hub's image-generation tasks are text-to-image, image-to-image and unconditional-image-generation;
+    a class-conditional model fits none, so its card names no pipeline_tag (its tags say class-conditional)."""
+    spec = RunSpec(data="mnist", data_root=None, vqvae=VQVAEConfig.tiny(), vqvae_train=TrainConfig(),
+                   prior=PriorConfig.tiny(), prior_train=TrainConfig())
+    assert "pipeline_tag" not in front_matter(spec, conditional=True)
+    assert "\npipeline_tag: unconditional-image-generation\n" in front_matter(spec, conditional=False)
+
+
+def test_a_mistyped_run_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(VQGenError, match="TYPO is not a vqgen run directory") as caught:
+        export_model(tmp_path / "TYPO", tmp_path / "model")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "TYPO").exists() and not (tmp_path / "model").exists()

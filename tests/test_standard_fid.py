@@ -22,7 +22,8 @@ from vqgen.pipeline.evaluation.evaluate import describe_setting
 from vqgen.pipeline.evaluation.fidelity import frechet_distance, precision_recall
 from vqgen.pipeline.generate import Generator
 from vqgen.pipeline.spec import load_spec
-from vqgen.pipeline.evaluation.standard_fid import FEATURE_EXTRACTOR, Uint8Images, draw, inception_weights
+from vqgen.pipeline.evaluation.standard_fid import (FEATURE_EXTRACTOR, Uint8Images, draw, inception_weights,
+                                                    standard_fid)
 
 torch_fidelity = pytest.importorskip("torch_fidelity", reason="the standard FID is optional: pip install 'vqgen[fid]'")
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric  # noqa: E402
@@ -166,3 +167,9 @@ def test_weights_holding_code_or_other_tensors_are_refused(tmp_path: Path) -> No
     torch.save({"fc.weight": torch.zeros(10, 16)}, tmp_path / "other.pth")
     with pytest.raises(VQGenError, match="is not torch-fidelity's Inception-v3 weights"):
         inception_weights(tmp_path / "other.pth")
+
+
+def test_a_mistyped_run_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(VQGenError, match="TYPO is not a vqgen run directory") as caught:
+        standard_fid(tmp_path / "TYPO", weights=fake_inception_weights(tmp_path / "inception.pth"), device="cpu")
+    assert "\n" not in str(caught.value) and not (tmp_path / "TYPO").exists()

@@ -41,7 +41,7 @@ from vqgen.engine.locks import directory_lock
 from vqgen.engine.runtime import pick_device
 from vqgen.pipeline.evaluation.evaluate import EVAL_FILE
 from vqgen.pipeline.generate import PRIOR_FOLDER, VQVAE_FOLDER, Generator
-from vqgen.pipeline.spec import load_spec
+from vqgen.pipeline.spec import load_spec, require_run_dir
 
 FID_SAMPLES = 10_000  # the N of most papers' CIFAR-10 and ImageNet FIDs (some use 50,000)
 FEATURE_EXTRACTOR = "inception-v3-compat"  # torch-fidelity's port of the TF FID graph
@@ -143,8 +143,10 @@ def fidelity_metrics(samples: Dataset, reference: Dataset, device: torch.device,
 def standard_fid(run: str | Path, samples: int = FID_SAMPLES, weights: Path | None = None, device: str = "auto",
                  seed: int = 0, progress: bool = True, feature_extractor: str = FEATURE_EXTRACTOR) -> dict[str, Any]:
     """Score `samples` samples of the run against its train split; merge the figures, with the protocol
-    named, into RUN/eval.json as "standard_fid" (holding the run's lock) and return them."""
+    named, into RUN/eval.json as "standard_fid" (holding the run's lock) and return them. A path that holds
+    no run is refused first: before a download of the weights, and before the lock, whose file would create it."""
     run = Path(run)
+    require_run_dir(run)
     torch_fidelity = require_torch_fidelity()
     if feature_extractor == FEATURE_EXTRACTOR:
         weights = inception_weights(weights)  # before any sampling: a failed download stops it at once
