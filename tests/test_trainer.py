@@ -85,39 +85,55 @@ def test_a_cosine_run_cannot_be_resumed_with_other_steps(latents: tuple[Path, Pa
 
 
 class StepClock:
-    """The trainer's clock, advanced one second by each optimizer step, so a time budget is exact."""
+    """The trainer's clock: each optimizer step advances it one second, and each evaluation, checkpoint and
+    setup measurement (the reference matmul timing) `other_work` seconds, which the budget must not count."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, other_work: float = 0.0) -> None:
         import types
 
         import vqgen.engine.trainer as trainer
 
         self.now = 0.0
         monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: self.now))
-        optimise = trainer.Trainer._optimise
+        self._advance_after(monkeypatch, trainer.Trainer, "_optimise", 1.0)
+        for name in ("_evaluate", "_save"):
+            self._advance_after(monkeypatch, trainer.Trainer, name, other_work)
+        self._advance_after(monkeypatch, trainer, "matmul_flops_per_s", other_work)
 
-        def step(owner: trainer.Trainer, loss: torch.Tensor) -> None:
-            optimise(owner, loss)
-            self.now += 1.0
+    def _advance_after(self, monkeypatch: pytest.MonkeyPatch, owner: object, name: str, seconds: float) -> None:
+        real = getattr(owner, name)
 
-        monkeypatch.setattr(trainer.Trainer, "_optimise", step)
+        def timed(*args: object, **kwargs: object) -> object:
+            result = real(*args, **kwargs)
+            self.now += seconds
+            return result
+
+        monkeypatch.setattr(owner, name, timed)
 
 
+@pytest.mark.parametrize("other_work", [0.0, 100.0])
 def test_a_time_budget_stops_evaluates_saves_and_resumes_exactly(latents: tuple[Path, Path], tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    StepClock(monkeypatch)
-    config = replace(SMOOTH, steps=100, schedule="constant", checkpoint_every=50, eval_every=50)
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  other_work: float) -> None:
+    """The budget counts training steps only: evaluations and checkpoints (at steps 2 and 3 here, each
+    costing 100 s of the clock in the second case) neither stop the run sooner nor spend a resume's budget."""
+    clock = StepClock(monkeypatch, other_work)
+    config = replace(SMOOTH, steps=100, schedule="constant", checkpoint_every=3, eval_every=2)
     summary = train_prior(PriorConfig.tiny(), replace(config, max_seconds=3.5), *latents, tmp_path / "parts",
                           progress=False)
     assert summary["step"] == 4 and saved_step(tmp_path / "parts") == 4 and summary["evaluation"]
-    assert [r["step"] for r in read_metrics(tmp_path / "parts" / "metrics.jsonl") if r["split"] == "eval"] == [4]
+    assert summary["seconds"] == load_tensors(tmp_path / "parts" / "state.pt")["elapsed"] == 4.0
+    assert [r["step"] for r in read_metrics(tmp_path / "parts" / "metrics.jsonl") if r["split"] == "eval"] == [2, 4]
+    assert clock.now == 4.0 + 5 * other_work  # it did cost: setup, evals at 2 and 4, checkpoints at 3 and 4
     again = train_prior(PriorConfig.tiny(), replace(config, max_seconds=3.5), *latents, tmp_path / "parts",
                         progress=False)
     assert again["step"] == 4  # the budget is spent: nothing more to train
-    train_prior(PriorConfig.tiny(), replace(config, max_seconds=6), *latents, tmp_path / "parts", progress=False)
-    train_prior(PriorConfig.tiny(), replace(config, max_seconds=6), *latents, tmp_path / "whole", progress=False)
+    resumed = train_prior(PriorConfig.tiny(), replace(config, max_seconds=7.5), *latents, tmp_path / "parts",
+                          progress=False)
+    assert resumed["step"] == 8 and resumed["seconds"] == 8.0  # what was left: 4 steps, past evals and saves
+    train_prior(PriorConfig.tiny(), replace(config, max_seconds=7.5), *latents, tmp_path / "whole", progress=False)
     whole, parts = (load_tensors(tmp_path / d / "state.pt") for d in ("whole", "parts"))
-    assert whole["step"] == parts["step"] == 6
+    assert whole["step"] == parts["step"] == 8 and whole["elapsed"] == parts["elapsed"] == 8.0
     assert all(torch.equal(whole["model"][k], parts["model"][k]) for k in whole["model"])
 
 

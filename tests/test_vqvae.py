@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -52,9 +54,60 @@ def test_codes_through_codebook_and_decoder_equal_reconstruction() -> None:
         assert torch.allclose(model.decode(model.encode(images)), expected, atol=1e-6)
 
 
+def logistic_bits_by_hand(model: VQVAE, images: torch.Tensor) -> torch.Tensor:
+    """(B,) bits of each image under the decoder's logistics, in float64 from their means and log-scales:
+    -log2 of sigmoid((x + h - mean) / scale) - sigmoid((x - h - mean) / scale), h half a level's width,
+    the end levels' bins open to -inf and +inf, summed over the pixels."""
+    from vqgen.stage1_vqvae.pixels import LEVELS, MIN_LOG_SCALE
+
+    with torch.no_grad():
+        out = model.eval()(images)
+    x, means = images.double(), out.reconstruction.double()
+    scales = out.log_scales.double().clamp(min=MIN_LOG_SCALE).exp()
+    half = 0.5 / LEVELS
+    upper = torch.where(x >= 1 - half, 1.0, torch.sigmoid((x + half - means) / scales))
+    lower = torch.where(x <= half, 0.0, torch.sigmoid((x - half - means) / scales))
+    mass = upper - lower
+    assert mass.min() > 1e-9  # the difference keeps its digits: no reflection into the tail needed
+    return -mass.log2().flatten(1).sum(1)
+
+
+def prior_bits_by_hand(prior: torch.nn.Module, codes: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """(B,) bits of each code grid: -log2 of the softmax of the prior's logits at each code, summed."""
+    with torch.no_grad():
+        log_p = prior.eval()(codes, labels).double().log_softmax(1)  # (B, K, h, w)
+    return -log_p.gather(1, codes[:, None]).flatten(1).sum(1) / math.log(2)
+
+
+def check_logistic_figures(vqvae: VQVAE, prior: torch.nn.Module, train: ImageDataset, held_out: ImageDataset,
+                           count: int, seed: int, prior_labels: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """The evaluation's and the two-stage bound's figures against the by-hand bits of the seed's rows."""
+    from vqgen.data.rows import spread_rows
+    from vqgen.pipeline.evaluation.likelihood import bits_per_dim
+    from vqgen.stage1_vqvae.train import evaluate_vqvae
+
+    images, labels = held_out.__getitems__(spread_rows(held_out.labels, len(held_out), count, seed))
+    dims = images[0].numel()  # C * H * W
+    decoder = (logistic_bits_by_hand(vqvae, images) / dims).mean().item()
+    first_rows = (logistic_bits_by_hand(vqvae, held_out.__getitems__(list(range(count)))[0]) / dims).mean().item()
+    assert abs(first_rows - decoder) > 1e-4 * decoder  # which rows are read shows in the figure
+    evaluation = evaluate_vqvae(vqvae, held_out, torch.device("cpu"), limit=count, seed=seed)
+    assert evaluation["decoder_bits_per_dim"] == pytest.approx(decoder, rel=1e-5)
+    codes = vqvae.encode(images)  # (count, h, w)
+    per_code = prior_bits_by_hand(prior, codes, prior_labels(labels)).mean().item() / codes[0].numel()
+    bound = bits_per_dim(vqvae, prior, train, held_out, count=count, seed=seed)
+    assert bound["images"] == count and bound["sigma"] is None
+    assert bound["decoder_bits_per_dim"] == pytest.approx(decoder, rel=1e-5)
+    assert bound["prior_bits_per_dim"] == pytest.approx(per_code * codes[0].numel() / dims, rel=1e-5)
+    assert bound["bits_per_dim"] == pytest.approx(decoder + per_code * codes[0].numel() / dims, rel=1e-5)
+
+
 def test_a_logistic_decoder_gives_means_and_log_scales_and_trains_by_its_likelihood(
         tmp_path: Path, digits: tuple[ImageDataset, ImageDataset]) -> None:
-    from vqgen.pipeline.evaluation.likelihood import bits_per_dim
+    """Its bits/dim, in training's evaluation and in the two-stage bound, are the mean over the seed's
+    held-out rows of each image's discretised-logistic bits over C * H * W, the bound adding the prior's
+    bits (unconditional: the null class) spread over the same dimensions."""
+    from vqgen.data.rows import spread_rows
     from vqgen.stage2_prior.config import PriorConfig
     from vqgen.stage2_prior.model import GatedPixelCNN
 
@@ -66,15 +119,36 @@ def test_a_logistic_decoder_gives_means_and_log_scales_and_trains_by_its_likelih
     with torch.no_grad():
         torch.testing.assert_close(model.eval().decode(model.encode(images)), model(images).reconstruction)
     train, held_out = digits
-    result = train_vqvae(VQVAEConfig.tiny(decoder="logistic"), replace(TINY_TRAIN, steps=40, lr=3e-3), train, held_out, tmp_path / "v",
-                         progress=False)
+    result = train_vqvae(VQVAEConfig.tiny(decoder="logistic"), replace(TINY_TRAIN, steps=40, lr=3e-3), train,
+                         held_out, tmp_path / "v", eval_images=10, progress=False)
     bits = [r["bits_per_dim"] for r in read_metrics(tmp_path / "v" / "metrics.jsonl") if r["split"] == "train"]
-    assert sum(bits[-10:]) < sum(bits[:10]) and 0 < result["evaluation"]["decoder_bits_per_dim"]  # batches of 8: noisy
+    assert sum(bits[-10:]) < sum(bits[:10])  # batches of 8: noisy
     vqvae = VQVAE.from_pretrained(tmp_path / "v")
     assert vqvae.config.decoder == "logistic"
-    prior = GatedPixelCNN(PriorConfig.tiny(codebook_size=vqvae.config.codebook_size, grid_height=7, grid_width=7))
-    likelihood = bits_per_dim(vqvae, prior, train, held_out, count=16)
-    assert likelihood["sigma"] is None and likelihood["decoder_bits_per_dim"] > 0
+    evaluated = held_out.__getitems__(spread_rows(held_out.labels, len(held_out), 10, TINY_TRAIN.seed))[0]
+    by_hand = (logistic_bits_by_hand(vqvae, evaluated) / (28 * 28)).mean().item()
+    assert result["evaluation"]["decoder_bits_per_dim"] == pytest.approx(by_hand, rel=1e-5)
+    prior = GatedPixelCNN(PriorConfig.tiny(codebook_size=vqvae.config.codebook_size, grid_height=7, grid_width=7,
+                                           num_classes=10, label_dropout=0.1))
+    check_logistic_figures(vqvae, prior, train, held_out, count=10, seed=3,
+                           prior_labels=lambda labels: torch.full_like(labels, 10))
+
+
+def test_a_logistic_decoders_bits_per_dim_count_every_channel() -> None:
+    """Three channels: a figure over H * W alone, or one channel's bits, would be off by a factor near 3."""
+    from vqgen.stage2_prior.config import PriorConfig
+    from vqgen.stage2_prior.model import GatedPixelCNN
+
+    torch.manual_seed(0)
+    info = DatasetInfo("colour", "test", 3, 8, 8, 2, ("a", "b"))
+    brightness = torch.arange(1, 13).float().view(12, 1, 1, 1) / 12  # an ordered file: its first rows darker
+    pixels = (torch.rand(12, 3, 8, 8) * 255 * brightness).to(torch.uint8)
+    data = ImageDataset(pixels, torch.arange(12) % 2, info)
+    vqvae = VQVAE(VQVAEConfig.tiny(in_channels=3, image_height=8, image_width=8, downsamples=1,
+                                   decoder="logistic")).eval()
+    prior = GatedPixelCNN(PriorConfig.tiny(codebook_size=vqvae.config.codebook_size, grid_height=4, grid_width=4,
+                                           num_classes=2))
+    check_logistic_figures(vqvae, prior, data, data, count=8, seed=1, prior_labels=lambda labels: labels)
 
 
 def test_image_size_must_divide() -> None:
