@@ -33,7 +33,7 @@ from .stage2 import write_latents
 from vqgen.data.images import DataShape
 from vqgen.engine.efficiency import matmul_flops_per_s, step_flops
 from vqgen.engine.runtime import pick_device
-from vqgen.engine.trainer import TrainConfig
+from vqgen.engine.train_config import TrainConfig
 from vqgen.pipeline.presets import default, paper
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.model import VQVAE

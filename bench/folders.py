@@ -47,7 +47,8 @@ from vqgen.data.images import BatchedImages, open_dataset
 from vqgen.engine.batches import ResumableBatches, make_loader
 from vqgen.engine.distributed import Dist
 from vqgen.engine.runtime import pick_device, seed_everything
-from vqgen.engine.trainer import TrainConfig, Trainer
+from vqgen.engine.train_config import TrainConfig
+from vqgen.engine.trainer import Trainer
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage1_vqvae.train import VQVAETask

@@ -19,7 +19,7 @@ from .common import bench_parser, emit, reference_rate, timed, trainer_rate
 from .memory import peak_mib, reset_peak
 from vqgen.data.images import DatasetInfo, ImageDataset
 from vqgen.engine.runtime import pick_device
-from vqgen.engine.trainer import TrainConfig
+from vqgen.engine.train_config import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.export import export_latents
 from vqgen.stage1_vqvae.model import VQVAE

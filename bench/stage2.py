@@ -17,7 +17,7 @@ from .common import bench_parser, emit, reference_rate, trainer_rate
 from .memory import peak_mib, reset_peak
 from vqgen.data.latents import LatentManifest, LatentWriter
 from vqgen.engine.runtime import pick_device
-from vqgen.engine.trainer import TrainConfig
+from vqgen.engine.train_config import TrainConfig
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.model import GatedPixelCNN
 from vqgen.stage2_prior.train import train_prior

@@ -50,7 +50,7 @@ from vqgen.data.images import DataShape, open_dataset
 from vqgen.data.latents import LatentDataset
 from vqgen.data.rows import spread_rows
 from vqgen.engine.runtime import resolve_precision
-from vqgen.engine.trainer import TrainConfig
+from vqgen.engine.train_config import TrainConfig
 from vqgen.pipeline.presets import default, paper
 from vqgen.stage1_vqvae.train import train_vqvae
 from vqgen.stage2_prior.train import eval_rows, train_prior

@@ -6,24 +6,32 @@ Weights are safetensors, the field's format, which holds tensors only, so loadin
 directories written before it hold model.pt (a state dict read with torch.load(weights_only=True))
 and still load. A save writes model.safetensors, then removes such an old model.pt, so the
 directory never offers two sets of weights (and the newer one is preferred in between).
+
+A training run's directory also holds what a resume needs: state.pt (`TrainingState`) and
+train_config.json, against which a resumed run is checked to be the same run (`check_same_run`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
 from torch import nn
 
+from vqgen.engine.averaging import WeightAverage
 from vqgen.engine.configs import config_from_dict, config_to_dict
 from vqgen.engine.errors import VQGenError
-from vqgen.engine.files import load_safetensors, load_tensors, read_json, save_safetensors, write_json
+from vqgen.engine.files import load_safetensors, load_tensors, read_json, save_safetensors, save_tensors, write_json
 from vqgen.engine.hub import local_folder
+from vqgen.engine.train_config import TrainConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 LEGACY_WEIGHTS_FILE = "model.pt"  # written by vqgen before safetensors: torch.save of the state dict
+STATE_FILE = "state.pt"
+TRAIN_CONFIG_FILE = "train_config.json"
 
 M = TypeVar("M", bound="Pretrained")
 
@@ -117,3 +125,84 @@ class Pretrained:
         model = cls(cls.load_config(directory))
         load_state_into(model, load_weights(directory, what=f"{cls.kind} weights"), str(weights_path(directory)))
         return model.eval()
+
+
+def saved_step(out_dir: str | Path) -> int:
+    """The step of the last checkpoint in `out_dir`, 0 when there is none."""
+    path = Path(out_dir) / STATE_FILE
+    return int(load_tensors(path, what="training state")["step"]) if path.exists() else 0
+
+
+def remove_torn_writes(directory: Path) -> None:
+    """The temporary files of atomic writes that a process killed mid-write left in `directory`."""
+    for leftover in directory.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+def start_run(directory: Path, model: Pretrained, config: TrainConfig) -> None:
+    """A new run's config.json and train_config.json: what a resume is checked against."""
+    write_config(directory, model.kind, model.config, model.version)
+    write_json(directory / TRAIN_CONFIG_FILE, config_to_dict(config))
+
+
+def check_same_run(directory: Path, model: Pretrained, config: TrainConfig) -> None:
+    """Refuse to resume the run in `directory` with another model config or other binding options
+    (`TrainConfig.binding`): its saved state would continue a different computation."""
+    saved_model = type(model).load_config(directory)
+    if saved_model != model.config:
+        raise VQGenError(f"{directory} holds a run with another model config; resume it with the "
+                         f"same options or choose a new --out (saved: {saved_model})")
+    saved = config_from_dict(TrainConfig, read_json(directory / TRAIN_CONFIG_FILE, "training config"))
+    changed = [f"{k}: {getattr(saved, k)} -> {getattr(config, k)}"
+               for k in config.binding() if getattr(saved, k) != getattr(config, k)]
+    if changed:
+        raise VQGenError(f"{directory} was trained with other options ({'; '.join(changed)}); "
+                         "resume with the same options or choose a new --out")
+
+
+class Progress(NamedTuple):
+    """How far a saved run got: optimizer steps, and the seconds its training steps took."""
+
+    step: int
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """What an exact resume restores from state.pt: the (unwrapped) model, the optimizer, the fp16 gradient
+    scaler and the weight average, with the step and training seconds reached. Random draws need no saved
+    state: each step reseeds (`rank_seed`)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    average: WeightAverage | None
+
+    def published(self) -> nn.Module:
+        """The weights evaluation and model.safetensors use: the weight average when there is one."""
+        return self.model if self.average is None else self.average.published(self.model)
+
+    def save(self, directory: Path, progress: Progress) -> None:
+        """state.pt first (all a resume needs), then model.safetensors + config.json for from_pretrained."""
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "step": progress.step, "elapsed": progress.elapsed}
+        if self.average is not None:
+            state["average"] = self.average.state_dict()
+        save_tensors(directory / STATE_FILE, state)
+        self.published().save_pretrained(directory)  # type: ignore[attr-defined]
+
+    def load(self, directory: Path) -> Progress:
+        """Restore everything from `directory`'s state.pt; how far that run got."""
+        path = directory / STATE_FILE
+        state = load_tensors(path, what="training state")
+        load_state_into(self.model, state["model"], str(path))
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            if self.average is not None:
+                self.average.load_state_dict(state["average"])
+        except (ValueError, RuntimeError, KeyError) as err:
+            raise VQGenError(f"{path} holds optimizer or weight-average state this model "
+                             f"cannot take ({type(err).__name__}), as from an older vqgen; its weights load, "
+                             "but training cannot resume there: train into a new --out") from None
+        return Progress(int(state["step"]), float(state["elapsed"]))

@@ -1,20 +1,20 @@
 """The training loop both stages run: step, log, eval, atomic checkpoint, exact resume.
 
-A stage supplies a `TrainTask` (its model, data, loss and evaluation); everything about
-devices, precision, torchrun, checkpoints, signals and non-finite losses lives here, once.
+A stage supplies a `TrainTask` (engine/train_task.py: its model, data, loss and evaluation); everything
+about devices, precision, torchrun, checkpoints, signals and non-finite losses is run from here, once.
+What the loop calls lives beside it: the options (train_config.py), the saved state and the same-run
+check (checkpoint.py), the metrics window (metrics_log.py) and the stop signals (signals.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 import signal
-import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -22,113 +22,20 @@ from tqdm import tqdm
 
 from vqgen.engine.averaging import WeightAverage
 from vqgen.engine.batches import ResumableBatches, make_loader
-from vqgen.engine.checkpoint import Pretrained, load_state_into, unwrap, write_config
-from vqgen.engine.configs import config_from_dict, config_to_dict, fields_where, option, require
+from vqgen.engine.checkpoint import (STATE_FILE, Pretrained, Progress, TrainingState, check_same_run,
+                                     remove_torn_writes, saved_step, start_run, unwrap)
 from vqgen.engine.distributed import Dist, on_main, process_device, rank_seed
 from vqgen.engine.efficiency import efficiency, matmul_flops_per_s, step_flops
 from vqgen.engine.errors import VQGenError
-from vqgen.engine.files import load_tensors, read_json, save_tensors, write_json
 from vqgen.engine.grids import save_grid
-from vqgen.engine.metrics_log import MetricsLog
 from vqgen.engine.locks import directory_lock
+from vqgen.engine.metrics_log import METRICS_FILE, MetricsLog, MetricsWindow
 from vqgen.engine.runtime import autocast, resolve_precision
+from vqgen.engine.signals import Interrupted, StopSignals
 from vqgen.engine.tensorboard import Sink, open_sink
+from vqgen.engine.train_config import TrainConfig
+from vqgen.engine.train_task import DrawsFigures, Figure, StepResult, TrainTask
 from vqgen.engine.units import describe
-
-STATE_FILE = "state.pt"
-TRAIN_CONFIG_FILE = "train_config.json"
-METRICS_FILE = "metrics.jsonl"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation and bookkeeping for one training stage (Adam, as in both papers)."""
-
-    steps: int = option(3000, "optimizer steps", resume="budget")
-    max_seconds: float = option(0.0, "a time budget: stop after this many seconds of training steps, evaluate and "
-                                     "save, even short of --steps (0: none); a resume spends what is left",
-                                resume="budget")
-    batch_size: int = option(64, "global batch size (split across torchrun processes)", resume="binding")
-    lr: float = option(2e-4, "Adam learning rate", resume="binding")
-    grad_clip: float = option(0.0, "clip the gradient norm to this (0: off)", resume="binding")
-    seed: int = option(0, "fixes data order, initialisation and sampling", resume="binding", shared=True)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
-        "fp32", "autocast precision (auto: bf16 where the CPU or GPU computes it natively, else fp32); quantizer "
-                "distances and EMA always stay fp32", resume="binding", shared=True)
-    device: str = option("auto", "auto (GPU when present), cpu or cuda[:N]", resume="runtime", shared=True)
-    compile: bool = option(False, "torch.compile the model (falls back with a warning where unsupported)",
-                           resume="runtime", shared=True)
-    num_workers: int = option(0, "data-loader worker processes", resume="runtime", shared=True)
-    log_every: int = option(25, "steps between metrics.jsonl records", resume="runtime")
-    eval_every: int = option(500, "steps between held-out evaluations", resume="runtime")
-    checkpoint_every: int = option(500, "steps between checkpoints", resume="runtime")
-    warmup: int = option(0, "steps of linear learning-rate warm-up (0: none)", resume="binding")
-    schedule: Literal["constant", "cosine"] = option(
-        "constant", "learning rate after warm-up: constant, or cosine decay to 0 at the last step", resume="binding")
-    ema: float = option(0.0, "decay of an exponential moving average of the weights, used for eval and saved as the "
-                             "model's weights (0: off)", resume="binding")
-    tensorboard: str | None = option(None, "directory for TensorBoard event files (None: off)", resume="runtime",
-                                     flag=False)
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
-            value = getattr(self, name)
-            require(value >= 1, f"{name}={value} is not allowed; must be >= 1")
-        require(self.lr > 0, f"lr={self.lr} is not allowed; must be > 0")
-        require(self.max_seconds >= 0, f"max_seconds={self.max_seconds} is not allowed; must be >= 0 (0 = no limit)")
-        require(self.warmup >= 0, f"warmup={self.warmup} is not allowed; must be >= 0 (0 = off)")
-        require(0 <= self.ema < 1, f"ema={self.ema} is not allowed; must be in [0, 1) (0 = off)")
-        require(self.grad_clip >= 0, f"grad_clip={self.grad_clip} is not allowed; must be >= 0 (0 = off)")
-        require(self.num_workers >= 0, f"num_workers={self.num_workers} is not allowed; must be >= 0")
-        require(self.seed >= 0, f"seed={self.seed} is not allowed; must be >= 0")
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate of optimizer step `step` (1-based): linear warm-up over `warmup` steps, then
-        constant or a cosine decay (Loshchilov & Hutter 2017) that nears 0 at the last step."""
-        if step <= self.warmup:
-            return self.lr * step / self.warmup
-        if self.schedule == "constant":
-            return self.lr
-        progress = (step - 1 - self.warmup) / max(1, self.steps - self.warmup)
-        return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-    def binding(self) -> tuple[str, ...]:
-        """Options a resumed run must share with the saved one; `steps` too once the schedule depends on it."""
-        return fields_where(TrainConfig, resume="binding") + (("steps",) if self.schedule == "cosine" else ())
-
-
-class StepResult(NamedTuple):
-    loss: torch.Tensor
-    metrics: dict[str, torch.Tensor]
-
-
-class Figure(NamedTuple):
-    """An image grid an evaluation draws: saved as OUT/NAME.png and shown in TensorBoard."""
-
-    images: torch.Tensor  # (B, C, H, W) in [0, 1]
-    nrow: int
-
-
-class TrainTask(Protocol):
-    """What a stage gives the trainer."""
-
-    model: nn.Module
-    items_name: str
-
-    def train_data(self) -> torch.utils.data.Dataset: ...
-
-    def step(self, model: nn.Module, batch: Any, device: torch.device) -> StepResult: ...
-
-    def after_step(self, step: int) -> dict[str, float]: ...
-
-    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]: ...
-
-
-@runtime_checkable
-class DrawsFigures(Protocol):
-    """A TrainTask whose evaluations also draw figures (the VQ-VAE's reconstructions), by name."""
-
-    def figures(self, model: nn.Module) -> dict[str, Figure]: ...
 
 
 class NonFiniteLoss(VQGenError):
@@ -137,54 +44,12 @@ class NonFiniteLoss(VQGenError):
     shared = True
 
 
-class Interrupted(VQGenError):
-    """Stopped by a signal after saving a checkpoint; exits 128 + the signal number, as shells expect.
-    Under torchrun the ranks agree on the stop, so every rank raises it."""
-
-    shared = True
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-def saved_step(out_dir: str | Path) -> int:
-    """The step of the last checkpoint in `out_dir`, 0 when there is none."""
-    path = Path(out_dir) / STATE_FILE
-    return int(load_tensors(path, what="training state")["step"]) if path.exists() else 0
-
-
 def _no_forward_buffer_sync() -> dict[str, bool]:
     """The quantizer all-reduces its EMA statistics inside forward, so every rank already holds the
     same buffers; DDP must not re-broadcast rank 0's at each forward. torch renamed the option
     (broadcast_buffers -> forward_sync_buffers); older releases know only the first name."""
     options = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in options else {"broadcast_buffers": False}
-
-
-class _StopSignals:
-    """SIGTERM / Ctrl-C set a flag; the loop checkpoints, then stops (a second Ctrl-C stops at once)."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt
-        self.received = signum
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator["_StopSignals"]:
-        try:
-            previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-        except ValueError:  # not the main thread: leave signals alone
-            yield self
-            return
-        try:
-            yield self
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
 
 class Trainer:
@@ -204,12 +69,20 @@ class Trainer:
         self.log = MetricsLog(self.out_dir / METRICS_FILE, enabled=self.ctx.is_main)
         self.sink = Sink()  # TensorBoard, opened in fit() once the resumed step is known
         self.model = task.model.to(self.device)
-        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
         self.precision = resolve_precision(config.precision, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.average = WeightAverage(self.model, config.ema) if config.ema else None
+        optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        average = WeightAverage(self.model, config.ema) if config.ema else None
+        self.state = TrainingState(unwrap(self.model), optimizer, scaler, average)  # what state.pt holds
         self.step = 0
         self.elapsed = 0.0
+
+    def before_update(self) -> None:
+        """Called at every step between the forward pass and the optimizer update; does nothing here.
+
+        The hook for subclasses and tests: `self.step` is the step being taken, so raising
+        KeyboardInterrupt when it is n kills the run as a second Ctrl-C would, mid-step, before step n
+        changes any weights (tests/conftest.py's `ctrl_c_at`); a fake clock can advance here too."""
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _as_run(self) -> TrainConfig:
@@ -217,62 +90,21 @@ class Trainer:
         that would resolve it otherwise is refused, and "auto" equals what it resolves to."""
         return replace(self.config, precision=self.precision)
 
-    def _check_same_run(self) -> None:
-        model: Pretrained = unwrap(self.model)  # type: ignore[assignment]
-        saved_model = type(model).load_config(self.out_dir)
-        if saved_model != model.config:
-            raise VQGenError(f"{self.out_dir} holds a run with another model config; resume it with the "
-                             f"same options or choose a new --out (saved: {saved_model})")
-        saved = config_from_dict(TrainConfig, read_json(self.out_dir / TRAIN_CONFIG_FILE, "training config"))
-        current = self._as_run()
-        changed = [f"{k}: {getattr(saved, k)} -> {getattr(current, k)}"
-                   for k in current.binding() if getattr(saved, k) != getattr(current, k)]
-        if changed:
-            raise VQGenError(f"{self.out_dir} was trained with other options ({'; '.join(changed)}); "
-                             "resume with the same options or choose a new --out")
-
     def _resume(self) -> None:
+        """Load state.pt when `out_dir` has one (refusing another run's), else start the run there."""
+        model: Pretrained = self.state.model  # type: ignore[assignment]
         if self.ctx.is_main:
-            for leftover in self.out_dir.glob(".*.tmp"):  # from a process killed mid-write
-                leftover.unlink(missing_ok=True)
+            remove_torn_writes(self.out_dir)
         if not (self.out_dir / STATE_FILE).exists():
             if self.ctx.is_main:
-                model: Pretrained = unwrap(self.model)  # type: ignore[assignment]
-                write_config(self.out_dir, model.kind, model.config, model.version)
-                write_json(self.out_dir / TRAIN_CONFIG_FILE, config_to_dict(self._as_run()))
+                start_run(self.out_dir, model, self._as_run())
             return
-        self._check_same_run()
-        state = load_tensors(self.out_dir / STATE_FILE, what="training state")
-        load_state_into(unwrap(self.model), state["model"], str(self.out_dir / STATE_FILE))
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scaler.load_state_dict(state["scaler"])
-            if self.average is not None:
-                self.average.load_state_dict(state["average"])
-        except (ValueError, RuntimeError, KeyError) as err:
-            raise VQGenError(f"{self.out_dir / STATE_FILE} holds optimizer or weight-average state this model "
-                             f"cannot take ({type(err).__name__}), as from an older vqgen; its weights load, "
-                             "but training cannot resume there: train into a new --out") from None
-        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        check_same_run(self.out_dir, model, self._as_run())
+        self.step, self.elapsed = self.state.load(self.out_dir)
         self.log.truncate_after(self.step)
 
-    def _published(self) -> nn.Module:
-        """The weights evaluation and model.safetensors use: the weight average when there is one."""
-        model = unwrap(self.model)
-        return model if self.average is None else self.average.published(model)
-
     def _save(self) -> None:
-        """state.pt first (all a resume needs), then model.safetensors + config.json for from_pretrained. Random
-        draws need no saved state: each step reseeds (`rank_seed`)."""
-        def save() -> None:
-            model = unwrap(self.model)
-            state = {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "scaler": self.scaler.state_dict(), "step": self.step, "elapsed": self.elapsed}
-            if self.average is not None:
-                state["average"] = self.average.state_dict()
-            save_tensors(self.out_dir / STATE_FILE, state)
-            self._published().save_pretrained(self.out_dir)  # type: ignore[attr-defined]
-        on_main(self.ctx, save)
+        on_main(self.ctx, lambda: self.state.save(self.out_dir, Progress(self.step, self.elapsed)))
 
     # ---- the loop ----------------------------------------------------------------------------
     def _wrap(self) -> nn.Module:
@@ -315,17 +147,18 @@ class Trainer:
         return iter(make_loader(data, batches, self.config.num_workers, self.device.type == "cuda"))
 
     def _optimise(self, loss: torch.Tensor) -> None:
-        for group in self.optimizer.param_groups:
+        optimizer, scaler, average = self.state.optimizer, self.state.scaler, self.state.average
+        for group in optimizer.param_groups:
             group["lr"] = self.config.lr_at(self.step)
-        self.optimizer.zero_grad(set_to_none=not self.ctx.enabled)  # DDP: keep the bucket views
-        self.scaler.scale(loss).backward()
+        optimizer.zero_grad(set_to_none=not self.ctx.enabled)  # DDP: keep the bucket views
+        scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
+            scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.average is not None:
-            self.average.update(unwrap(self.model))
+        scaler.step(optimizer)
+        scaler.update()
+        if average is not None:
+            average.update(self.state.model)
 
     def fit(self) -> dict[str, Any]:
         """Train to config.steps, or until `max_seconds` of training, holding the lock of `out_dir`; return
@@ -341,8 +174,8 @@ class Trainer:
         first = self.step + 1
         model.train()
         evaluation: dict[str, float] = {}
-        window = _Window(self.device)
-        signals = _StopSignals()
+        window = MetricsWindow(self.device)
+        signals = StopSignals()
         self.sink = open_sink(self.config.tensorboard if self.ctx.is_main else None, kind, self.step + 1)
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.progress,
                    desc=f"train {kind}", dynamic_ncols=True)
@@ -355,6 +188,7 @@ class Trainer:
                     model, result = self._first_step(model, batch)
                 else:
                     result = self._step(model, batch)
+                self.before_update()
                 self._optimise(result.loss)
                 window.add(result, self.step)
                 extra = self.task.after_step(self.step)
@@ -379,7 +213,7 @@ class Trainer:
         return {"step": self.step, "seconds": self.elapsed, "evaluation": evaluation,
                 f"{self.task.items_name}_per_s": self.step * self.config.batch_size / max(self.elapsed, 1e-9)}
 
-    def _after_step(self, model: nn.Module, window: "_Window", bar: tqdm, extra: dict[str, float],
+    def _after_step(self, model: nn.Module, window: MetricsWindow, bar: tqdm, extra: dict[str, float],
                     stop: bool, time_up: bool) -> dict[str, float] | None:
         """Log, evaluate and checkpoint when their step comes; the evaluation when there was one."""
         last = self.step == self.config.steps or time_up
@@ -391,32 +225,31 @@ class Trainer:
         if save:
             self._save()
         if evaluate or save:
-            window.started = time.perf_counter()  # throughput counts training steps only
+            window.restart_clock()  # throughput counts training steps only
         return evaluation
 
-    def _log_setup(self, batch: Any, step: int, window: "_Window") -> None:
+    def _log_setup(self, batch: Any, step: int, window: MetricsWindow) -> None:
         """The setup record, once this process's first step is done: a step that initialises (k-means,
         compilation) is not one to count, so the FLOPs of a step are counted on the model after it. The
         count and the reference timing are setup, not training: their seconds leave the window's clock."""
-        start = time.perf_counter()
-        self.flops_per_step = self._count_flops(batch)
-        self.matmul_rate = matmul_flops_per_s(self.precision, self.device)
-        self.log.log(step=step, split="setup", device=str(self.device), precision=self.precision,
-                     processes=self.ctx.world, flops_per_step=self.flops_per_step,
-                     matmul_flops_per_s=self.matmul_rate)
-        window.started += time.perf_counter() - start
+        with window.paused():
+            self.flops_per_step = self._count_flops(batch)
+            self.matmul_rate = matmul_flops_per_s(self.precision, self.device)
+            self.log.log(step=step, split="setup", device=str(self.device), precision=self.precision,
+                         processes=self.ctx.world, flops_per_step=self.flops_per_step,
+                         matmul_flops_per_s=self.matmul_rate)
 
     def _count_flops(self, batch: Any) -> int:
         """FLOPs of one training step of this process (its share of the global batch), on a copy of the model."""
         with self._autocast():
             return step_flops(self.model, lambda twin: self.task.step(twin, batch, self.device).loss)
 
-    def _time_up(self, window: "_Window | None") -> bool:
+    def _time_up(self, window: MetricsWindow | None) -> bool:
         """Whether the saved training seconds, plus those of the open window, reach `max_seconds`."""
-        seconds = self.elapsed + (0.0 if window is None else time.perf_counter() - window.started)
+        seconds = self.elapsed + (0.0 if window is None else window.seconds())
         return self.config.max_seconds > 0 and seconds >= self.config.max_seconds
 
-    def _stop_requested(self, signals: _StopSignals, window: "_Window") -> tuple[bool, bool]:
+    def _stop_requested(self, signals: StopSignals, window: MetricsWindow) -> tuple[bool, bool]:
         """(a signal asked to stop, the time budget is spent); under torchrun every rank learns either
         from any rank at log steps, so all stop at the same step."""
         if not self.ctx.enabled:
@@ -428,7 +261,7 @@ class Trainer:
         signalled, time_up = flags.tolist()
         return bool(signalled), bool(time_up)
 
-    def _log_window(self, window: "_Window", bar: tqdm, extra: dict[str, float]) -> None:
+    def _log_window(self, window: MetricsWindow, bar: tqdm, extra: dict[str, float]) -> None:
         means, bad_step, seconds = window.flush(self.ctx)
         self.elapsed += seconds
         if bad_step is not None:
@@ -460,7 +293,7 @@ class Trainer:
         """Rank 0 evaluates the published weights in fp32, as they are exported and sampled, whatever
         precision training runs in."""
         def evaluate() -> dict[str, float]:
-            published = self._published()
+            published = self.state.published()
             published.eval()
             with torch.no_grad():
                 result = self.task.evaluate(published, self.step, self.out_dir)
@@ -471,39 +304,3 @@ class Trainer:
         result = on_main(self.ctx, evaluate)
         unwrap(model).train()
         return result
-
-
-class _Window:
-    """Sums of step metrics kept on the device, so the loop syncs with the host only at log steps."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
-        self.bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        self.started = time.perf_counter()
-
-    def add(self, result: StepResult, step: int) -> None:
-        self.count += 1
-        finite = torch.isfinite(result.loss.detach())
-        self.bad = torch.where(finite | (self.bad >= 0), self.bad, torch.full_like(self.bad, step))
-        for name, value in {"loss": result.loss, **result.metrics}.items():
-            value = value.detach().float()
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-
-    def flush(self, ctx: Dist) -> tuple[dict[str, float], int | None, float]:
-        """Means over the window (and over ranks, so a torchrun log equals a single-process one)."""
-        names = sorted(self.sums)
-        stacked = torch.stack([self.sums[k] for k in names] + [self.bad.float()])
-        if ctx.enabled:
-            bad = stacked[-1:].clone()
-            torch.distributed.all_reduce(stacked)
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-            stacked = torch.cat([stacked[:-1] / ctx.world, bad])
-        values = stacked.tolist()
-        means = {k: v / max(self.count, 1) for k, v in zip(names, values)}
-        bad_step = int(values[-1])
-        return means, (bad_step if bad_step >= 0 else None), time.perf_counter() - self.started

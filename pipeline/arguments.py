@@ -15,9 +15,9 @@ from vqgen import __version__
 from vqgen.data.images import DATASETS
 from vqgen.engine.efficiency import describe_reference_rates
 from vqgen.engine.runtime import describe_machine
-from vqgen.engine.trainer import TrainConfig
 from vqgen.engine.configs import fields_where
-from vqgen.pipeline.evaluation.evaluate import EvalOptions
+from vqgen.engine.train_config import TrainConfig
+from vqgen.pipeline.evaluation.search import EvalOptions
 from vqgen.pipeline.options import add_config_options
 from vqgen.pipeline.presets import RUN_PRESETS
 from vqgen.pipeline.evaluation.standard_fid import FID_SAMPLES

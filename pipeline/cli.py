@@ -19,10 +19,11 @@ from vqgen.engine.distributed import launched_as_main, leave_distributed
 from vqgen.engine.configs import fields_where
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.tensorboard import TENSORBOARD_DIR, require_tensorboard
-from vqgen.engine.trainer import TrainConfig
+from vqgen.engine.train_config import TrainConfig
 from vqgen.engine.units import describe
 from vqgen.pipeline.arguments import build_parser
-from vqgen.pipeline.evaluation.evaluate import EvalOptions, summary
+from vqgen.pipeline.evaluation.report import EvalReport
+from vqgen.pipeline.evaluation.search import EvalOptions
 from vqgen.pipeline.options import checked_overrides, config_from_args, flags_named
 from vqgen.pipeline.presets import RUN_PRESETS
 from vqgen.stage1_vqvae.config import PRESETS as VQVAE_PRESETS
@@ -145,7 +146,7 @@ def _eval(args: argparse.Namespace) -> None:
         args.fid_weights = inception_weights(args.fid_weights)
     with flags_named(EvalOptions):  # a value the prior cannot take (a top-k above its K), named as a flag
         report = evaluate_run(args.run, options, tensorboard=_tensorboard_dir(args, args.run))
-    _say("\n".join(summary(report)))
+    _say("\n".join(report.summary()))
     if args.fid:
         # rank 0 alone samples and scores, for longer than any collective's timeout on a CPU: the other
         # ranks leave the process group now rather than wait for it in a barrier
@@ -187,7 +188,7 @@ def _run(args: argparse.Namespace) -> None:
                  tensorboard=args.tensorboard, stream=args.stream)
     if report:
         if report.get("eval"):  # null when eval was skipped
-            print("\n".join(summary(report["eval"])))
+            print("\n".join(EvalReport.from_json(report["eval"]).summary()))
         print(_run_summary(args.out, report))
 
 

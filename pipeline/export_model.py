@@ -16,7 +16,7 @@ from vqgen.engine.checkpoint import CONFIG_FILE, weights_path
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import atomic_directory, read_json
 from vqgen.engine.locks import directory_lock
-from vqgen.pipeline.evaluation.evaluate import EVAL_FILE
+from vqgen.pipeline.evaluation.report import EVAL_FILE
 from vqgen.pipeline.generate import PRIOR_FOLDER, SAMPLING_FILE, VQVAE_FOLDER, load_sampling, save_sampling
 from vqgen.pipeline.model_card import SAMPLES_FILE, model_card
 from vqgen.pipeline.spec import RunSpec, load_spec, require_run_dir

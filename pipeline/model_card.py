@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vqgen.engine.trainer import TrainConfig
-from vqgen.pipeline.evaluation.evaluate import describe_setting
+from vqgen.engine.train_config import TrainConfig
+from vqgen.pipeline.evaluation.report import describe_setting
 from vqgen.pipeline.spec import RunSpec
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage2_prior.config import PriorConfig

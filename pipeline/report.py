@@ -10,7 +10,7 @@ from vqgen.engine.files import read_json, write_json
 from vqgen.data.latents import read_manifest
 from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.runtime import machine
-from vqgen.pipeline.evaluation.evaluate import EVAL_FILE
+from vqgen.pipeline.evaluation.report import EVAL_FILE
 from vqgen.pipeline.plots import Panel, Series, plot_curves
 
 

@@ -1,7 +1,11 @@
 """`vqgen run`: train the VQ-VAE, export latents, train the prior, evaluate, sample, report.
 
-Each stage is skipped when its output is complete and resumed when it is not, so running the
-same command again after an interruption finishes the job without redoing any of it.
+A run is a loop over its stages (`STAGES`). Each stage is a small record: its name (its key in
+RUN/timings.json), `done` (whether the file it writes last is there: docs/formats.md names each
+stage's marker) and `run`. A stage whose output is complete is skipped, one that was interrupted
+resumes, so running the same command again after an interruption finishes the job without redoing
+any of it. Under torchrun every rank runs every stage, but for those marked `main_only`, which rank
+0 runs alone while the others wait.
 
 With TensorBoard, RUN/tensorboard holds one sub-run per stage that runs: vqvae/, prior/, judge/,
 eval/ and samples/.
@@ -12,33 +16,37 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from PIL import Image
 
 from vqgen.data.images import BatchedImages, Mirrored
 from vqgen.data.latents import MANIFEST, read_manifest
-from vqgen.engine.checkpoint import weights_path
+from vqgen.engine.checkpoint import saved_step, weights_path
 from vqgen.engine.distributed import Dist, barrier, on_main, process_device
-from vqgen.engine.locks import directory_lock
 from vqgen.engine.files import read_json, write_json
+from vqgen.engine.locks import directory_lock
 from vqgen.engine.tensorboard import TENSORBOARD_DIR, open_sink, require_tensorboard, sub_run
-from vqgen.engine.trainer import saved_step
-from vqgen.pipeline.evaluation.evaluate import EvalOptions, check_evaluable, evaluate_run
-from vqgen.pipeline.generate import SAMPLING_FILE, Generator, save_samples
-from vqgen.pipeline.evaluation.judge import train_judge
+from vqgen.pipeline.evaluation.evaluate import evaluate_run
+from vqgen.pipeline.evaluation.held_out import check_evaluable
+from vqgen.pipeline.evaluation.judge import Judge, train_judge
 from vqgen.pipeline.evaluation.likelihood import bits_per_dim
+from vqgen.pipeline.evaluation.search import EvalOptions
+from vqgen.pipeline.generate import SAMPLING_FILE, Generator, save_samples
 from vqgen.pipeline.report import write_report
 from vqgen.pipeline.spec import RunSpec, claim_run_dir
 from vqgen.stage1_vqvae.export import export_latents, file_sha256
 from vqgen.stage1_vqvae.model import VQVAE
+from vqgen.stage1_vqvae.train import train_vqvae
 from vqgen.stage2_prior.model import GatedPixelCNN
 from vqgen.stage2_prior.sampling import SamplingOptions
-from vqgen.stage1_vqvae.train import train_vqvae
 from vqgen.stage2_prior.train import train_prior
+
+SAMPLE_GRID = Path("samples") / "grid.png"  # written last by the sample stage
+
 
 class Timings:
     """Wall seconds per stage, accumulated across interrupted and resumed invocations (written by rank 0)."""
@@ -58,25 +66,113 @@ class Timings:
                 write_json(self.path, self.seconds)
 
 
+@dataclass
+class Run:
+    """What the stages of one invocation share: the spec, the directory, this process's place, the data,
+    and what earlier stages hand on (the judge, the export and likelihood figures for the report)."""
+
+    spec: RunSpec
+    out: Path
+    ctx: Dist
+    device: torch.device
+    train_images: BatchedImages
+    test_images: BatchedImages
+    progress: bool = True
+    evaluation: EvalOptions | None = None
+    boards: Path | None = None
+    exports: dict[str, dict[str, float]] = field(default_factory=lambda: {"train": {}, "test": {}})
+    judge: tuple[Judge, float] | None = None
+    likelihood: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """What both stages learn from: the train split, and its mirror images with `flip`."""
+        self.trained = Mirrored(self.train_images) if self.spec.flip else self.train_images
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    done: Callable[[Run], bool]
+    run: Callable[[Run], None]
+    main_only: bool = False
+
+
 def _export_current(target: Path, vqvae_sha: str) -> bool:
     return (target / MANIFEST).exists() and read_manifest(target).vqvae.get("sha256") == vqvae_sha
 
 
-def export_split(vqvae_dir: Path, data: BatchedImages, target: Path, device: torch.device, ctx: Dist,
-                 progress: bool, num_workers: int = 0) -> dict[str, float]:
-    """Export one split unless a current export is there; re-export latents of an older VQ-VAE. The encoder
-    runs at the precision the VQ-VAE trained with."""
-    sha = file_sha256(weights_path(vqvae_dir))  # an older run's model.pt, until its VQ-VAE is saved again
-    if _export_current(target, sha):
-        return {}
-    if ctx.is_main:
-        shutil.rmtree(target, ignore_errors=True)
-    barrier(ctx)
-    model = VQVAE.from_pretrained(vqvae_dir).to(device)
-    start = time.perf_counter()
-    export_latents(model, data, target, vqvae_dir=vqvae_dir, ctx=ctx, progress=progress, num_workers=num_workers)
-    seconds = time.perf_counter() - start
-    return {"images": len(data), "seconds": seconds, "images_per_s": len(data) / max(seconds, 1e-9)}
+def _exported(split: str) -> Callable[[Run], bool]:
+    """An export is current when its manifest names the sha of the VQ-VAE's weights (an older run's
+    model.pt, until its VQ-VAE is saved again): latents of an older VQ-VAE are exported again."""
+    return lambda run: _export_current(run.out / "latents" / split, file_sha256(weights_path(run.out / "vqvae")))
+
+
+def _export(split: str) -> Callable[[Run], None]:
+    def export(run: Run) -> None:
+        target = run.out / "latents" / split
+        if run.ctx.is_main:
+            shutil.rmtree(target, ignore_errors=True)
+        barrier(run.ctx)
+        model = VQVAE.from_pretrained(run.out / "vqvae").to(run.device)
+        data = run.trained if split == "train" else run.test_images
+        start = time.perf_counter()
+        export_latents(model, data, target, vqvae_dir=run.out / "vqvae", ctx=run.ctx, progress=run.progress,
+                       num_workers=run.spec.vqvae_train.num_workers)  # at the precision the VQ-VAE trained with
+        seconds = time.perf_counter() - start
+        run.exports[split] = {"images": len(data), "seconds": seconds, "images_per_s": len(data) / max(seconds, 1e-9)}
+    return export
+
+
+def _train_vqvae(run: Run) -> None:
+    train_vqvae(run.spec.vqvae, run.spec.vqvae_train, run.trained, run.test_images, run.out / "vqvae",
+                eval_images=run.spec.eval_images, progress=run.progress)
+
+
+def _train_prior(run: Run) -> None:
+    train_prior(run.spec.prior, run.spec.prior_train, run.out / "latents" / "train", run.out / "latents" / "test",
+                run.out / "prior", eval_grids=run.spec.eval_images, progress=run.progress)
+
+
+def _evaluated(run: Run) -> bool:
+    """Eval writes the prior's sampling.json last; without eval there is nothing to do."""
+    return run.evaluation is None or (run.out / "prior" / SAMPLING_FILE).exists()
+
+
+def _train_judge(run: Run) -> None:
+    """Every torchrun rank trains the judge (once: a trained judge is read back); eval then scores with it."""
+    run.judge = train_judge(run.train_images, run.test_images, run.out / "judge", run.spec.prior_train.device,
+                            run.progress, sub_run(run.boards, "judge"), run.spec.vqvae_train.num_workers)
+
+
+def _evaluate(run: Run) -> None:
+    """`vqgen eval` with the run's seed and device; the sample grid, drawn at the old defaults, goes."""
+    options = replace(run.evaluation, device=run.spec.prior_train.device, seed=run.spec.prior_train.seed)
+    evaluate_run(run.out, options, run.progress, data=(run.train_images, run.test_images), tensorboard=run.boards,
+                 judge=run.judge)
+    on_main(run.ctx, lambda: (run.out / SAMPLE_GRID).unlink(missing_ok=True))
+
+
+def _sample(run: Run) -> None:
+    sample_run(run.out, run.spec, run.progress, sub_run(run.boards, "samples"))
+
+
+def _likelihood(run: Run) -> None:
+    device, spec = run.device, run.spec
+    run.likelihood = bits_per_dim(VQVAE.from_pretrained(run.out / "vqvae").to(device),
+                                  GatedPixelCNN.from_pretrained(run.out / "prior").to(device), run.train_images,
+                                  run.test_images, spec.eval_images, spec.prior_train.seed)
+
+
+STAGES = (
+    Stage("vqvae", lambda run: saved_step(run.out / "vqvae") >= run.spec.vqvae_train.steps, _train_vqvae),
+    Stage("export_train", _exported("train"), _export("train")),
+    Stage("export_test", _exported("test"), _export("test")),
+    Stage("prior", lambda run: saved_step(run.out / "prior") >= run.spec.prior_train.steps, _train_prior),
+    Stage("judge", _evaluated, _train_judge),
+    Stage("eval", _evaluated, _evaluate),
+    Stage("sample", lambda run: (run.out / SAMPLE_GRID).exists(), _sample, main_only=True),
+    Stage("likelihood", lambda run: False, _likelihood, main_only=True),  # the report's figure, each invocation
+)
 
 
 def with_tensorboard(spec: RunSpec, root: Path | None) -> RunSpec:
@@ -101,11 +197,32 @@ def run(spec: RunSpec, out: str | Path, download: bool = False, progress: bool =
     spec = with_tensorboard(spec, boards)  # fails at once without the package
     ctx, device = process_device(spec.vqvae_train.device)
     with directory_lock(out, ctx):
-        return _run(spec, out, ctx, device, download, progress, evaluation, boards, stream)
+        state = _start(spec, out, ctx, device, download, progress, evaluation, boards, stream)
+        timings = Timings(out / "timings.json", enabled=ctx.is_main)
+        for stage in STAGES:
+            _run_stage(stage, state, timings)
+        report = on_main(ctx, lambda: write_report(out, state.spec.to_json(), timings.seconds, state.exports,
+                                                   state.likelihood))
+    return report if ctx.is_main else {}
 
 
-def _run(spec: RunSpec, out: Path, ctx: Dist, device: torch.device, download: bool, progress: bool,
-         evaluation: EvalOptions | None, boards: Path | None, stream: bool | None) -> dict[str, Any]:
+def _run_stage(stage: Stage, state: Run, timings: Timings) -> None:
+    """Run `stage` unless its marker is there; a main_only stage's check and work on rank 0 alone (what it
+    hands on, such as the likelihood, only rank 0's report reads)."""
+    def work() -> None:
+        if not stage.done(state):
+            with timings.stage(stage.name):
+                stage.run(state)
+    if stage.main_only:
+        on_main(state.ctx, work)
+    else:
+        work()
+
+
+def _start(spec: RunSpec, out: Path, ctx: Dist, device: torch.device, download: bool, progress: bool,
+           evaluation: EvalOptions | None, boards: Path | None, stream: bool | None) -> Run:
+    """The data, opened once for every stage; everything that can be wrong with the request, refused before
+    any training; the run directory claimed for this spec."""
     train_images, test_images = (spec.open_split(split, download, stream, index_dir=out) for split in ("train", "test"))
     info = train_images.info
     spec = replace(spec, vqvae=replace(spec.vqvae, in_channels=info.channels, image_height=info.height,
@@ -113,42 +230,8 @@ def _run(spec: RunSpec, out: Path, ctx: Dist, device: torch.device, download: bo
     _check_grid_options(spec, info.num_classes or 0)
     if evaluation is not None:
         check_evaluable(test_images, evaluation.n_per_class)
-    trained = Mirrored(train_images) if spec.flip else train_images  # what both stages learn from
     on_main(ctx, lambda: claim_run_dir(out, spec))
-    timings = Timings(out / "timings.json", enabled=ctx.is_main)
-    if saved_step(out / "vqvae") < spec.vqvae_train.steps:
-        with timings.stage("vqvae"):
-            train_vqvae(spec.vqvae, spec.vqvae_train, trained, test_images, out / "vqvae",
-                        eval_images=spec.eval_images, progress=progress)
-    exports = {}
-    for split, data in (("train", trained), ("test", test_images)):
-        with timings.stage(f"export_{split}"):
-            exports[split] = export_split(out / "vqvae", data, out / "latents" / split, device, ctx, progress,
-                                          spec.vqvae_train.num_workers)
-    if saved_step(out / "prior") < spec.prior_train.steps:
-        with timings.stage("prior"):
-            train_prior(spec.prior, spec.prior_train, out / "latents" / "train", out / "latents" / "test",
-                        out / "prior", eval_grids=spec.eval_images, progress=progress)
-    if evaluation is not None and not (out / "prior" / SAMPLING_FILE).exists():  # eval writes it last
-        with timings.stage("judge"):  # every torchrun rank trains it (once); eval reads it back
-            train_judge(train_images, test_images, out / "judge", spec.prior_train.device, progress,
-                        sub_run(boards, "judge"), spec.vqvae_train.num_workers)
-        with timings.stage("eval"):  # rank 0 scores
-            evaluate_run(out, replace(evaluation, device=spec.prior_train.device, seed=spec.prior_train.seed),
-                         progress, data=(train_images, test_images), tensorboard=boards)
-        on_main(ctx, lambda: (out / "samples" / "grid.png").unlink(missing_ok=True))  # drawn at the old defaults
-
-    def finish() -> dict[str, Any]:
-        with timings.stage("sample"):
-            sample_run(out, spec, progress, sub_run(boards, "samples"))
-        with timings.stage("likelihood"):
-            likelihood = bits_per_dim(VQVAE.from_pretrained(out / "vqvae").to(device),
-                                      GatedPixelCNN.from_pretrained(out / "prior").to(device), train_images,
-                                      test_images, spec.eval_images, spec.prior_train.seed)
-        return write_report(out, spec.to_json(), timings.seconds, exports, likelihood)
-
-    report = on_main(ctx, finish)
-    return report if ctx.is_main else {}
+    return Run(spec, out, ctx, device, train_images, test_images, progress, evaluation, boards)
 
 
 def _check_grid_options(spec: RunSpec, classes: int) -> None:
@@ -161,8 +244,6 @@ def sample_run(out: Path, spec: RunSpec, progress: bool, tensorboard: str | None
     """The run's sample grid, a row per class when the data is labelled, at the prior's sampling defaults
     (those `vqgen eval` chose) with the options the run fixed replaced; shown in TensorBoard as samples/grid."""
     samples_dir = out / "samples"
-    if (samples_dir / "grid.png").exists():  # written last
-        return
     generator = Generator.from_pretrained(out / "vqvae", out / "prior", device=spec.prior_train.device)
     seed = spec.prior_train.seed
     if generator.num_classes:

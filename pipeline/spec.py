@@ -10,7 +10,7 @@ from vqgen.data.images import BatchedImages, open_dataset
 from vqgen.engine.configs import config_from_dict, fields_where
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import read_json, write_json
-from vqgen.engine.trainer import TrainConfig
+from vqgen.engine.train_config import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.sampling import SamplingOptions

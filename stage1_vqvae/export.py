@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from vqgen.engine.batches import make_loader
-from vqgen.engine.checkpoint import weights_path
+from vqgen.engine.checkpoint import TRAIN_CONFIG_FILE, weights_path
 from vqgen.data.images import BatchedImages
 from vqgen.data.latents import LatentManifest, LatentWriter
 from vqgen.engine.configs import config_from_dict
@@ -17,7 +17,7 @@ from vqgen.engine.distributed import Dist, barrier, on_main
 from vqgen.engine.files import read_json
 from vqgen.engine.locks import exclusive
 from vqgen.engine.runtime import autocast, resolve_precision
-from vqgen.engine.trainer import TRAIN_CONFIG_FILE, TrainConfig
+from vqgen.engine.train_config import TrainConfig
 from vqgen.stage1_vqvae.model import VQVAE
 
 

@@ -14,7 +14,9 @@ from torch.utils.data import Dataset
 from vqgen.data.images import BatchedImages, check_divisible
 from vqgen.data.rows import spread_rows
 from vqgen.engine.runtime import seed_everything
-from vqgen.engine.trainer import Figure, StepResult, TrainConfig, Trainer
+from vqgen.engine.train_config import TrainConfig
+from vqgen.engine.train_task import Figure, StepResult
+from vqgen.engine.trainer import Trainer
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage1_vqvae.pixels import discretized_logistic_bits, discretized_logistic_nats

@@ -7,6 +7,9 @@ only the past, never a mask applied to its weights, so any state dict is causal 
   stack only shifted down one row, so position (i, j) hears rows < i from it.
 - The horizontal stack at (i, j) sees columns <= j of row i; in the first layer (mask A), columns
   < j only, so no layer ever sees the code it predicts.
+
+`GatedBlock.forward` computes a layer over a whole grid; `GatedBlock.incremental` gives the same layer one
+position at a time for sampling (`BlockCache`), its convolutions as matrices on flat windows.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ def gate(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """The gated activation tanh(a) * sigmoid(b) over the two halves of `dim` (eq. 2)."""
     a, b = x.chunk(2, dim)
     return torch.tanh(a) * torch.sigmoid(b)
+
+
+def conv_matrix(conv: nn.Conv2d) -> torch.Tensor:
+    """A one-row convolution's weight (O, I, 1, k) as the (k * I, O) matrix of a linear map on a flat window."""
+    return rearrange(conv.weight, "o i 1 k -> (k i) o").contiguous()
 
 
 def shift_down(x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +60,6 @@ class HorizontalConv(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel: int, sees_current: bool) -> None:
         width = kernel // 2 + 1
         super().__init__(in_channels, out_channels, (1, width), padding=(0, width - 1 if sees_current else width))
-        self.sees_current = sees_current
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x)[..., : x.shape[3]]  # (B, O, H, W)
@@ -125,3 +132,81 @@ class GatedBlock(nn.Module):
             v_pre = v_pre + biases[0].to(v_pre.dtype)[:, :, None, None]
         h_out = self.residual(gated) if self.first else h + self.residual(gated)
         return BlockOutput(gate(v_pre), h_out, skip)
+
+    def incremental(self, batch: int, grid: tuple[int, int], labels: torch.Tensor | None) -> BlockCache:
+        """This layer for sampling one position at a time over a (batch, *grid) grid, in eval mode (no
+        dropout): the same algebra as `forward`, see `BlockCache`."""
+        return BlockCache(self, batch, grid, labels)
+
+
+class BlockCache:
+    """One `GatedBlock` evaluated a position at a time, in raster order, reusing what earlier positions
+    computed (the caching of Ramachandran et al. 2017, "Fast Generation for Convolutional Autoregressive
+    Models", arXiv 1704.06001): a position costs a few (B, C) matrix products.
+
+    Holds the block's vertical input rows and the current row of its horizontal input, zero-padded as its
+    convolutions pad them, and `row_bias`: the part of the horizontal pre-activation that does not depend
+    on the current row (convolution and link biases, label bias, and the link from the row above).
+    Per row i, call `gate_at` / `output_at` for each column j, then `finish_row(i)`.
+    """
+
+    def __init__(self, block: GatedBlock, batch: int, grid: tuple[int, int], labels: torch.Tensor | None) -> None:
+        (height, width), channels, weight = grid, block.vertical.in_channels, block.vertical.weight
+        self.block = block
+        self.rows, self.pad = block.vertical.kernel_size[0], block.vertical.padding[1]  # row i sees rows - 1 above
+        self.cols, self.offset = block.horizontal.kernel_size[1], block.horizontal.padding[1]  # offset: column 0
+        self.v_in = weight.new_zeros(batch, channels, height + self.rows - 1, width + 2 * self.pad)  # zero-padded
+        self.h_in = weight.new_zeros(batch, width + self.offset, channels)  # (B, W + offset, C)
+        self.h_weight = conv_matrix(block.horizontal)  # (cols * C, 2C)
+        self.link_weight = conv_matrix(block.link)  # (2C, 2C)
+        self.res_weight = None if block.residual is None else conv_matrix(block.residual)  # (C, C)
+        self.v_bias, self.h_bias = self._biases(batch, labels)
+        self.row_bias = self.h_bias[:, None].expand(batch, width, -1)  # (B, W, 2C): row 0 hears nothing above
+
+    def _biases(self, batch: int, labels: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The vertical gate's label bias (B, 2C, 1, 1) (None without labels or in the last layer), and every
+        bias of the horizontal pre-activation summed, (B, 2C)."""
+        block, biases = self.block, self.block.label_biases(labels)
+        v_bias = None if biases is None or biases[0] is None else biases[0][:, :, None, None]
+        h_bias = (block.horizontal.bias + block.link.bias).expand(batch, -1)
+        return v_bias, (h_bias if biases is None else h_bias + biases[1])
+
+    def gate_at(self, j: int, gated: torch.Tensor) -> None:
+        """Write the gated horizontal features at column j of the current row into `gated`, (B, C):
+        `gate(horizontal(h) + link(shift_down(v_pre)) + label bias)` of `forward`."""
+        window = self.h_in[:, j: j + self.cols].flatten(1)  # (B, cols * C)
+        pre = torch.addmm(self.row_bias[:, j], window, self.h_weight)  # (B, 2C)
+        a, b = pre.chunk(2, 1)
+        torch.mul(torch.tanh(a), torch.sigmoid(b), out=gated)
+
+    def output_at(self, j: int, gated: torch.Tensor) -> torch.Tensor:
+        """The horizontal output at column j, (B, C): the residual map, plus the input past the first layer
+        (not in the last layer, which has none)."""
+        out = torch.addmm(self.block.residual.bias, gated, self.res_weight)  # (B, C)
+        return out if self.block.first else out.add_(self.h_in[:, j + self.offset])
+
+    def finish_row(self, i: int) -> torch.Tensor | None:
+        """Row i of the vertical stack, once its inputs are complete: sets the next row's link and returns
+        `gate(v_pre)`, (B, C, W) (None from the last layer, which has no vertical output)."""
+        vertical = self.block.vertical
+        v_pre = F.conv2d(self.v_in[:, :, i: i + self.rows], vertical.weight, vertical.bias)  # (B, 2C, 1, W)
+        link = rearrange(v_pre, "b c 1 w -> (b w) c") @ self.link_weight  # (B * W, 2C)
+        self.row_bias = link.view(v_pre.shape[0], v_pre.shape[3], -1).add_(self.h_bias[:, None])  # (B, W, 2C)
+        if self.block.last:
+            return None
+        if self.v_bias is not None:
+            v_pre = v_pre + self.v_bias
+        return gate(v_pre[:, :, 0])  # (B, C, W)
+
+    def take_vertical(self, i: int, row: torch.Tensor) -> None:
+        """Row i of this block's vertical input, (B, C, W)."""
+        self.v_in[:, :, i + self.rows - 1, self.pad: self.pad + row.shape[2]] = row
+
+    def take_horizontal(self, j: int, value: torch.Tensor) -> None:
+        """Column j of this block's horizontal input in the current row, (B, C)."""
+        self.h_in[:, j + self.offset] = value
+
+    def take_code(self, i: int, j: int, embedded: torch.Tensor) -> None:
+        """The first block's input at (i, j), (B, C): both of its stacks start from the embedded code."""
+        self.take_horizontal(j, embedded)
+        self.v_in[:, :, i + self.rows - 1, self.pad + j] = embedded

@@ -12,7 +12,48 @@ from torch import nn
 from vqgen.engine.checkpoint import Pretrained
 from vqgen.engine.errors import VQGenError
 from vqgen.stage2_prior.config import PriorConfig
-from vqgen.stage2_prior.layers import GatedBlock
+from vqgen.stage2_prior.layers import GatedBlock, conv_matrix
+
+
+class Head(nn.Sequential):
+    """ReLU, 1x1 convolution, ReLU, 1x1 convolution to K logits, on the summed skip connections (the output
+    stack of WaveNet, van den Oord et al. 2016, arXiv 1609.03499, Fig. 4).
+
+    Its children keep the names "0".."3" that every saved prior's state dict holds (`head.1.weight`,
+    `head.3.weight`); `hidden` and `out` name the two convolutions.
+    """
+
+    def __init__(self, channels: int, codes: int) -> None:
+        super().__init__(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, codes, 1))
+
+    @property
+    def hidden(self) -> nn.Conv2d:
+        return self[1]
+
+    @property
+    def out(self) -> nn.Conv2d:
+        return self[3]
+
+
+class PositionHead:
+    """What `GatedPixelCNN.forward` does after its layers (skip connections summed, then the head), at one
+    position, as matrix products on (B, C) features: the incremental sampler's last step. The skip maps of
+    all skipping layers meet their inputs in one product."""
+
+    def __init__(self, model: GatedPixelCNN) -> None:
+        self.skip_from = model.skip_layers.start
+        skipping = model.layers[self.skip_from:]
+        self.skip_weight = torch.cat([conv_matrix(layer.skip) for layer in skipping])  # (L' * C, S)
+        self.skip_bias = sum(layer.skip.bias for layer in skipping)  # (S,)
+        hidden, out = model.head.hidden, model.head.out
+        self.hidden_weight, self.hidden_bias = conv_matrix(hidden), hidden.bias  # (S, S), (S,)
+        self.out_weight, self.out_bias = conv_matrix(out), out.bias  # (S, K), (K,)
+
+    def __call__(self, gated: torch.Tensor) -> torch.Tensor:
+        """(B, L, C) gated horizontal features of every layer at one position -> (B, K) logits there."""
+        skip = torch.addmm(self.skip_bias, gated[:, self.skip_from:].flatten(1), self.skip_weight)  # (B, S)
+        hidden = torch.addmm(self.hidden_bias, skip.relu_(), self.hidden_weight).relu_()  # (B, S)
+        return torch.addmm(self.out_bias, hidden, self.out_weight)  # (B, K)
 
 
 class GatedPixelCNN(nn.Module, Pretrained):
@@ -33,11 +74,20 @@ class GatedPixelCNN(nn.Module, Pretrained):
         c, s = config.channels, config.head_channels
         self.embedding = nn.Embedding(config.codebook_size, c)
         self.layers = nn.ModuleList(
-            GatedBlock(c, s if config.skips or i == config.layers - 1 else 0,
+            GatedBlock(c, s if i in self.skip_layers else 0,
                        config.first_kernel if i == 0 else config.kernel, i == 0, i == config.layers - 1,
                        config.label_embeddings, config.dropout)
             for i in range(config.layers))
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(s, s, 1), nn.ReLU(), nn.Conv2d(s, config.codebook_size, 1))
+        self.head = Head(s, config.codebook_size)
+
+    @property
+    def skip_layers(self) -> range:
+        """The layers with a skip connection into the head: every layer with `config.skips`, else the last."""
+        return range(0 if self.config.skips else self.config.layers - 1, self.config.layers)
+
+    def incremental_head(self) -> PositionHead:
+        """Skip connections and head at one position, for the incremental sampler (eval mode)."""
+        return PositionHead(self)
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         # Shapes always; values outside training only: training data was checked once, when its latent

@@ -1,10 +1,11 @@
 """Sampling code grids from the prior, one position at a time in raster order.
 
-`sample` is incremental: for every layer it caches the vertical-stack rows and the current row of
-the horizontal stack already computed, so a new position costs a few (B, C) matrix products per
-layer instead of a pass over the whole grid (the caching of Ramachandran et al. 2017, "Fast
-Generation for Convolutional Autoregressive Models", arXiv 1704.06001). `sample_naive` runs the
-full model once per position. Both draw the same codes from the same generator.
+`sample` is incremental: every layer keeps the vertical-stack rows and the current row of the
+horizontal stack already computed (`GatedBlock.incremental`, in layers.py beside the layer's `forward`),
+so a new position costs a few (B, C) matrix products per layer instead of a pass over the whole grid
+(the caching of Ramachandran et al. 2017, "Fast Generation for Convolutional Autoregressive Models",
+arXiv 1704.06001); this module only walks the positions. `sample_naive` runs the full model once per
+position. Both draw the same codes from the same generator.
 
 Each code is drawn from the logits after, in this order: classifier-free guidance (Ho & Salimans
 2022: the conditional and unconditional logits of one doubled batch, mixed as
@@ -24,14 +25,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from tqdm import tqdm
 
 from vqgen.engine.configs import config_from_dict, option, require
 from vqgen.engine.errors import UsageError
 from vqgen.stage2_prior.config import PriorConfig
-from vqgen.stage2_prior.layers import GatedBlock, gate
 from vqgen.stage2_prior.model import GatedPixelCNN
 
 Labels = int | torch.Tensor | None
@@ -168,95 +166,20 @@ class NaiveSampler:
         self.codes[:, i, j] = drawn
 
 
-def _matrix(conv: torch.nn.Conv2d) -> torch.Tensor:
-    """A convolution's weight (O, I, 1, k) as the (k * I, O) matrix of a linear map on a flat window."""
-    return rearrange(conv.weight, "o i 1 k -> (k i) o").contiguous()
-
-
-class _LayerCache:
-    """One gated layer while sampling.
-
-    Holds the layer's vertical input rows (zero-padded as its convolution pads them), the current row
-    of its horizontal input, and `row_bias`: the horizontal pre-activation's part that does not depend
-    on the current row (convolution and link biases, label bias, and the link from the row above).
-    """
-
-    def __init__(self, layer: GatedBlock, batch: int, grid: tuple[int, int], labels: torch.Tensor | None) -> None:
-        (height, width), channels = grid, layer.vertical.in_channels
-        weight = layer.vertical.weight
-        self.layer, self.rows, self.pad = layer, weight.shape[2], weight.shape[3] // 2
-        self.cols = layer.horizontal.weight.shape[3]
-        self.offset = self.cols - 1 if layer.horizontal.sees_current else self.cols  # buffer index of column 0
-        self.v_in = weight.new_zeros(batch, channels, height + self.rows - 1, width + 2 * self.pad)
-        self.h_in = weight.new_zeros(batch, width + self.offset, channels)  # (B, W + offset, C)
-        self.h_weight, self.link_weight = _matrix(layer.horizontal), _matrix(layer.link)
-        self.res_weight = None if layer.residual is None else _matrix(layer.residual)
-        biases = layer.label_biases(labels)
-        self.v_bias = None if biases is None or biases[0] is None else biases[0][:, :, None, None]  # (B, 2C, 1, 1)
-        self.h_bias = (layer.horizontal.bias + layer.link.bias).expand(batch, -1)  # (B, 2C)
-        if biases is not None:
-            self.h_bias = self.h_bias + biases[1]
-        self.row_bias = self.h_bias[:, None].expand(batch, width, -1)  # (B, W, 2C): row 0 hears nothing above
-
-    def gate_at(self, j: int, gated: torch.Tensor) -> None:
-        """Write the gated horizontal features at column j of the current row into `gated`, (B, C)."""
-        window = self.h_in[:, j: j + self.cols].flatten(1)  # (B, cols * C)
-        pre = torch.addmm(self.row_bias[:, j], window, self.h_weight)  # (B, 2C)
-        a, b = pre.chunk(2, 1)
-        torch.mul(torch.tanh(a), torch.sigmoid(b), out=gated)
-
-    def output_at(self, j: int, gated: torch.Tensor) -> torch.Tensor:
-        """The horizontal stack's output at column j, (B, C): residual map, plus the input past layer one."""
-        out = torch.addmm(self.layer.residual.bias, gated, self.res_weight)  # (B, C)
-        return out if self.layer.first else out.add_(self.h_in[:, j + self.offset])
-
-    def vertical(self, i: int) -> torch.Tensor | None:
-        """Row i of the vertical stack, once the row is complete: set the next row's link, return (B, C, W)
-        (None from the last layer, which has no vertical output)."""
-        v_pre = F.conv2d(self.v_in[:, :, i: i + self.rows], self.layer.vertical.weight,
-                         self.layer.vertical.bias)  # (B, 2C, 1, W)
-        link = rearrange(v_pre, "b c 1 w -> (b w) c") @ self.link_weight  # (B * W, 2C)
-        self.row_bias = link.view(v_pre.shape[0], v_pre.shape[3], -1).add_(self.h_bias[:, None])  # (B, W, 2C)
-        if self.layer.last:
-            return None
-        if self.v_bias is not None:
-            v_pre = v_pre + self.v_bias
-        return gate(v_pre[:, :, 0])  # (B, C, W)
-
-    def put_vertical(self, i: int, row: torch.Tensor) -> None:
-        """Row i of this layer's vertical input, (B, C, W)."""
-        self.v_in[:, :, i + self.rows - 1, self.pad: self.pad + row.shape[2]] = row
-
-    def put_horizontal(self, j: int, value: torch.Tensor) -> None:
-        """Column j of this layer's horizontal input, (B, C)."""
-        self.h_in[:, j + self.offset] = value
-
-    def put_code(self, i: int, j: int, embedded: torch.Tensor) -> None:
-        """The first layer's input at (i, j), (B, C): both of its stacks start from the embedded code."""
-        self.put_horizontal(j, embedded)
-        self.v_in[:, :, i + self.rows - 1, self.pad + j] = embedded
-
-
 class IncrementalSampler:
     """Per-position logits from cached activations, equal to the full model's on the same prefix.
 
-    Call `logits(i, j)` then `commit(i, j, codes)` for each position in raster order. The skip
-    connections and the head are evaluated at the current position only: the gated features of every
-    layer go into one (B, L * C) buffer and those of the layers with a skip connection meet their
-    weights in one product.
+    Call `logits(i, j)` then `commit(i, j, codes)` for each position in raster order. Each layer runs
+    as its `BlockCache` (`GatedBlock.incremental`); the gated features of every layer at the current
+    position go into one (B, L, C) buffer, which the model's `PositionHead` turns into logits.
     """
 
     def __init__(self, model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | None) -> None:
         self.model, self.grid = model, tuple(codes.shape[1:])
-        self.caches = [_LayerCache(layer, len(codes), self.grid, labels) for layer in model.layers]
+        self.caches = [layer.incremental(len(codes), self.grid, labels) for layer in model.layers]
+        self.head = model.incremental_head()
         channels = model.config.channels
         self.gated = codes.new_zeros(len(codes), len(self.caches), channels, dtype=model.embedding.weight.dtype)
-        self.skip_from = 0 if model.config.skips else len(model.layers) - 1  # the layers with a skip map
-        skipping = model.layers[self.skip_from:]
-        self.skip_weight = torch.cat([_matrix(layer.skip) for layer in skipping])  # (L' * C, S)
-        self.skip_bias = sum(layer.skip.bias for layer in skipping)  # (S,)
-        _, hidden, _, out = model.head
-        self.head = (_matrix(hidden), hidden.bias, _matrix(out), out.bias)
 
     def logits(self, i: int, j: int) -> torch.Tensor:
         """(B, K) logits at (i, j): each layer's horizontal stack at column j only, then skip and head."""
@@ -264,20 +187,17 @@ class IncrementalSampler:
         for index, cache in enumerate(caches):
             cache.gate_at(j, gated[:, index])
             if index + 1 < len(caches):  # the last layer's horizontal stack feeds nothing
-                caches[index + 1].put_horizontal(j, cache.output_at(j, gated[:, index]))
-        skip = torch.addmm(self.skip_bias, gated[:, self.skip_from:].flatten(1), self.skip_weight)  # (B, S)
-        hidden_w, hidden_b, out_w, out_b = self.head
-        hidden = torch.addmm(hidden_b, skip.relu_(), hidden_w).relu_()  # (B, S)
-        return torch.addmm(out_b, hidden, out_w)  # (B, K)
+                caches[index + 1].take_horizontal(j, cache.output_at(j, gated[:, index]))
+        return self.head(gated)  # (B, K)
 
     def commit(self, i: int, j: int, drawn: torch.Tensor) -> None:
         """Embed the codes drawn at (i, j); at the end of a row, advance every layer's vertical stack."""
-        self.caches[0].put_code(i, j, self.model.embedding(drawn))
+        self.caches[0].take_code(i, j, self.model.embedding(drawn))
         if j < self.grid[1] - 1 or i == self.grid[0] - 1:
             return
         for cache, after in zip(self.caches[:-1], self.caches[1:]):
-            after.put_vertical(i, cache.vertical(i))
-        self.caches[-1].vertical(i)
+            after.take_vertical(i, cache.finish_row(i))
+        self.caches[-1].finish_row(i)
 
 
 class GuidedSampler:

@@ -16,7 +16,9 @@ from torch.utils.data import Dataset
 from vqgen.data.latents import LatentDataset
 from vqgen.data.rows import spread_rows
 from vqgen.engine.runtime import seed_everything
-from vqgen.engine.trainer import StepResult, TrainConfig, Trainer
+from vqgen.engine.train_config import TrainConfig
+from vqgen.engine.train_task import StepResult
+from vqgen.engine.trainer import Trainer
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.model import GatedPixelCNN
 

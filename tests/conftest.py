@@ -31,21 +31,22 @@ def _quiet_seeded_single_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
 @pytest.fixture
 def ctrl_c_at(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ContextManager[None]]:
     """`with ctrl_c_at(step, model=None):` training is interrupted as by Ctrl-C before the update of
-    `step` (only a trainer of the model class named `model`, when given); it runs normally after."""
+    `step` (only a trainer of the model class named `model`, when given), through the trainer's
+    `before_update` hook; it runs normally after."""
     @contextlib.contextmanager
     def interrupting(step: int, model: str | None = None) -> Iterator[None]:
-        real = Trainer._optimise
+        real = Trainer.before_update
 
-        def optimise(self: Trainer, loss: torch.Tensor) -> None:
+        def before_update(self: Trainer) -> None:
             if self.step == step and model in (None, type(self.model).__name__):
                 raise KeyboardInterrupt
-            real(self, loss)
+            real(self)
 
-        monkeypatch.setattr(Trainer, "_optimise", optimise)
+        monkeypatch.setattr(Trainer, "before_update", before_update)
         try:
             yield
         finally:
-            monkeypatch.setattr(Trainer, "_optimise", real)
+            monkeypatch.setattr(Trainer, "before_update", real)
     return interrupting
 
 

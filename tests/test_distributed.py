@@ -27,7 +27,7 @@ from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.distributed import Dist, init_distributed, on_main
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.runtime import seed_everything
-from vqgen.engine.trainer import TrainConfig
+from vqgen.engine.train_config import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.export import export_latents
 from vqgen.stage1_vqvae.model import VQVAE

@@ -14,7 +14,7 @@ from torch import nn
 from vqgen.data.builtin import make_builtin
 from vqgen.engine.efficiency import efficiency, matmul_flops_per_s, step_flops
 from vqgen.engine.metrics_log import read_metrics
-from vqgen.engine.trainer import TrainConfig
+from vqgen.engine.train_config import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage1_vqvae.train import train_vqvae

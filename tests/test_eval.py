@@ -3,6 +3,8 @@ defaults and where they take effect."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import shutil
 import subprocess
@@ -15,12 +17,15 @@ import torch
 from PIL import Image
 
 from vqgen.data.builtin import make_builtin
+from vqgen.engine.checkpoint import saved_step
 from vqgen.engine.errors import VQGenError
-from vqgen.engine.trainer import saved_step
 from vqgen.pipeline.cli import main
 from vqgen.data.images import DatasetInfo, ImageDataset
 from vqgen.engine.errors import UsageError
-from vqgen.pipeline.evaluation.evaluate import SETTING_FIELDS, EvalOptions, evaluate_run, held_out, setting_name
+from vqgen.pipeline.evaluation.evaluate import evaluate_run
+from vqgen.pipeline.evaluation.held_out import held_out
+from vqgen.pipeline.evaluation.scoring import Scores, setting_name
+from vqgen.pipeline.evaluation.search import EvalOptions
 from vqgen.pipeline.generate import SAMPLING_FILE, Generator, load_sampling, save_sampling
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.sampling import SamplingOptions
@@ -55,8 +60,11 @@ GUIDINGS = [(1.0, "constant", 1.0)] + [(g, schedule, 1.0) for g in (1.5, 2.0, 3.
 TRUNCATIONS = [(None, None), (8, None), (None, 0.9)]  # all codes, K/8, top-p 0.9
 
 
+SETTINGS = tuple(f.name for f in dataclasses.fields(SamplingOptions))
+
+
 def settings_of(entries: list[dict]) -> list[tuple]:
-    return [tuple(s[k] for k in SETTING_FIELDS) for s in entries]
+    return [tuple(s[k] for k in SETTINGS) for s in entries]
 
 
 def guiding_of(entry: dict) -> tuple:
@@ -95,7 +103,7 @@ def test_the_chosen_setting_is_reported_on_a_fresh_draw_and_another_reference(ev
     monkeypatch.setattr(Generator, "sample", lambda self, *a, seed=None, **k:
                         seeds.append(seed) or real_sample(self, *a, seed=seed, **k))
     report = evaluate_run(run, EvalOptions(temperatures=(1.0,), guidances=(1.0,), seed=7, device="cpu"),
-                          progress=False)
+                          progress=False).to_json()
     assert seeds == [7, 7, 7, 8, 9]  # three settings on one draw; the chosen one afresh; the rest of CAS's samples
     assert report["chosen"]["frechet"] != report["chosen"]["selection_frechet"]
 
@@ -106,16 +114,19 @@ def test_successive_halving_screens_the_search_on_a_share_and_tops_up_the_best_t
     keeps the lowest third, and the lowest at the full draw is chosen. A stand-in score (the mean pixel)
     lets the tiny run's 2 samples of each class stand for a round."""
     import vqgen.pipeline.evaluation.evaluate as evaluate
+    import vqgen.pipeline.evaluation.scoring as scoring
+    import vqgen.pipeline.evaluation.selection as selection
 
     run = Path(shutil.copytree(evaluated, tmp_path / "run"))
     drawn: dict[tuple, torch.Tensor] = {}
-    def score(judge, images, reference, labels) -> dict:  # noqa: ANN001
-        return {"frechet": float(images.double().mean()), "class_accuracy": None, "precision": 0.0, "recall": 0.0}
-    monkeypatch.setattr(evaluate, "SCREEN_IMAGES", 1)
-    monkeypatch.setattr(evaluate, "_score", score)
-    monkeypatch.setattr(evaluate._Scorer, "grid", lambda self, images, path: drawn.setdefault(
+    def score(judge, images, reference, labels) -> Scores:  # noqa: ANN001
+        return Scores(float(images.double().mean()), None, 0.0, 0.0)
+    monkeypatch.setattr(selection, "SCREEN_IMAGES", 1)
+    monkeypatch.setattr(selection, "score", score)
+    monkeypatch.setattr(evaluate, "score", score)
+    monkeypatch.setattr(scoring.Scorer, "grid", lambda self, images, path: drawn.setdefault(
         (path.name, len(images)), images))
-    report = evaluate_run(run, EvalOptions(n_per_class=2, device="cpu"), progress=False)
+    report = evaluate_run(run, EvalOptions(n_per_class=2, device="cpu"), progress=False).to_json()
     screen, final = report["selection"][:17], report["selection"][17:]  # 9 guidings, 8 more at the best
     assert [s["n"] for s in screen] == [2] * 17 and [s["n"] for s in final] == [4] * 6  # 1, then 2 of each class
     assert settings_of(screen[9:]) == [(t, k, p, *guiding_of(min(screen[:9], key=lambda s: s["frechet"])))
@@ -133,14 +144,14 @@ def test_the_floors_and_the_chosen_setting_are_scored_against_the_final_referenc
         evaluated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Which reference each set meets: real, reconstructions and the chosen setting's fresh draw the final
     one; every setting of the selection draw the selection one, which played no part in the figures."""
-    import vqgen.pipeline.evaluation.evaluate as evaluate
+    import vqgen.pipeline.evaluation.scoring as scoring
 
     run = Path(shutil.copytree(evaluated, tmp_path / "run"))
     scorers: list = []
     references: list[np.ndarray] = []
-    real_init, real_fidelity = evaluate._Scorer.__init__, evaluate.fidelity
-    monkeypatch.setattr(evaluate._Scorer, "__init__", lambda self, *a: scorers.append(self) or real_init(self, *a))
-    monkeypatch.setattr(evaluate, "fidelity", lambda reference, features: references.append(reference)
+    real_init, real_fidelity = scoring.Scorer.__init__, scoring.fidelity
+    monkeypatch.setattr(scoring.Scorer, "__init__", lambda self, *a: scorers.append(self) or real_init(self, *a))
+    monkeypatch.setattr(scoring, "fidelity", lambda reference, features: references.append(reference)
                         or real_fidelity(reference, features))
     evaluate_run(run, EvalOptions(temperatures=(1.0,), guidances=(1.0,), device="cpu"), progress=False)
     (scorer,) = scorers
@@ -248,7 +259,7 @@ def test_eval_command_rescores_with_the_settings_asked(evaluated: Path, tmp_path
     assert "real held-out (floor)" in out and "x real" in out and "chosen: T=" in out
     assert "classification accuracy score" in out
     assert (run / "eval" / "samples-t0.5-topkall-topp0.8-g1.5-linear-first0.5.png").exists()
-    setting = SamplingOptions.from_record(dict(zip(SETTING_FIELDS, (2.0, 3, 0.8, *best))))
+    setting = SamplingOptions.from_record(dict(zip(SETTINGS, (2.0, 3, 0.8, *best))))
     assert (run / "eval" / f"{setting_name(setting)}.png").exists()
     assert (run / "eval" / "chosen.png").exists()
     assert load_sampling(run / "prior") == SamplingOptions.from_record(report["chosen"])
@@ -258,9 +269,9 @@ def test_eval_scores_what_it_is_asked_not_the_saved_default(evaluated: Path, tmp
     """A saved top-k must not stand in for the "all codes" a new eval asks for."""
     run = Path(shutil.copytree(evaluated, tmp_path / "run"))
     options = EvalOptions(n_per_class=2, temperatures=(1.0,), top_ks=(None,), guidances=(1.0,), device="cpu")
-    before = evaluate_run(run, options, progress=False)["selection"][0]
+    before = evaluate_run(run, options, progress=False).to_json()["selection"][0]
     save_sampling(SamplingOptions(top_k=1), run / "prior")
-    after = evaluate_run(run, options, progress=False)["selection"][0]
+    after = evaluate_run(run, options, progress=False).to_json()["selection"][0]
     assert after == before and after["top_k"] is None
 
 

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from vqgen.engine.checkpoint import saved_step
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import load_tensors, read_json
 from vqgen.engine.metrics_log import read_metrics
-from vqgen.engine.trainer import TrainConfig, saved_step
+from vqgen.engine.train_config import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.model import VQVAE
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from vqgen.engine.checkpoint import saved_step
 from vqgen.engine.locks import LOCK_FILE, directory_lock
 from vqgen.engine.metrics_log import read_metrics
-from vqgen.engine.trainer import saved_step
 
 from test_cli import TINY_PRIOR, TINY_RUN, TINY_VQVAE
 from test_prior_training import structured_latents

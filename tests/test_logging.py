@@ -14,11 +14,12 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from vqgen.engine.checkpoint import saved_step
 from vqgen.engine.metrics_log import read_metrics
-from vqgen.engine.trainer import TrainConfig, saved_step
+from vqgen.engine.train_config import TrainConfig
 from vqgen.engine.units import codes, describe
 from vqgen.pipeline.cli import main
-from vqgen.pipeline.evaluation.evaluate import setting_name
+from vqgen.pipeline.evaluation.scoring import setting_name
 from vqgen.pipeline.plots import Panel, linear_axis, log_axis, plot_curves, tick_label
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.sampling import SamplingOptions

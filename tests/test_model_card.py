@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from test_cli import TINY_RUN, vqgen
+from vqgen.engine.checkpoint import saved_step
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import load_safetensors
-from vqgen.engine.trainer import TrainConfig, saved_step
+from vqgen.engine.train_config import TrainConfig
 from vqgen.pipeline.export_model import export_model
 from vqgen.pipeline.generate import Generator
 from vqgen.pipeline.model_card import front_matter

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-import vqgen.pipeline.cli as cli
 import vqgen.stage1_vqvae.export as export
 from vqgen.data.images import open_dataset
 from vqgen.engine.configs import RESUME_RULES, fields_where
-from vqgen.engine.trainer import TrainConfig
+from vqgen.engine.train_config import TrainConfig
 from vqgen.pipeline.arguments import build_parser
-from vqgen.pipeline.evaluation.evaluate import EvalOptions
+from vqgen.pipeline.evaluation.search import EvalOptions
 from vqgen.pipeline.spec import RunSpec, _binding
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.model import VQVAE
@@ -123,8 +123,7 @@ def test_eval_with_fid_leaves_the_process_group_before_rank_0_scores(tmp_path: P
     torch.distributed.init_process_group("gloo")
     grouped: list[bool] = []
     monkeypatch.setattr(evaluate, "evaluate_run", lambda *a, **k: grouped.append(torch.distributed.is_initialized())
-                        or {})
-    monkeypatch.setattr(cli, "summary", lambda report: [])
+                        or SimpleNamespace(summary=lambda: []))
     monkeypatch.setattr(fid, "require_torch_fidelity", lambda: None)
     monkeypatch.setattr(fid, "inception_weights", lambda path: path)
     monkeypatch.setattr(fid, "describe", lambda figures: "fid")

@@ -13,7 +13,7 @@ import torch
 from vqgen.engine.errors import VQGenError
 from vqgen.data.latents import LatentDataset, LatentManifest, LatentWriter
 from vqgen.engine.metrics_log import read_metrics
-from vqgen.engine.trainer import TrainConfig
+from vqgen.engine.train_config import TrainConfig
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.model import GatedPixelCNN
 from vqgen.stage2_prior.train import eval_rows, evaluate_prior, train_prior

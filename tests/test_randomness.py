@@ -21,9 +21,11 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import Dataset
 
-from vqgen.engine.checkpoint import Pretrained
+from vqgen.engine.checkpoint import Pretrained, saved_step
 from vqgen.engine.distributed import Dist, rank_seed
-from vqgen.engine.trainer import StepResult, TrainConfig, Trainer, saved_step
+from vqgen.engine.train_config import TrainConfig
+from vqgen.engine.train_task import StepResult
+from vqgen.engine.trainer import Trainer
 
 SEED = 7
 TRAIN = TrainConfig(steps=6, batch_size=4, lr=1e-2, seed=SEED, log_every=1, eval_every=100, checkpoint_every=2,

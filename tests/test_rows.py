@@ -9,7 +9,7 @@ import torch
 
 from vqgen.data.images import DatasetInfo, ImageDataset
 from vqgen.data.rows import spread_rows
-from vqgen.pipeline.evaluation.evaluate import held_out
+from vqgen.pipeline.evaluation.held_out import held_out
 from vqgen.pipeline.evaluation.likelihood import bits_per_dim
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.model import VQVAE

@@ -1,4 +1,4 @@
-"""Eval's search by successive halving (pipeline/evaluation/evaluate.py `_select`, Jamieson & Talwalkar
+"""Eval's search by successive halving (pipeline/evaluation/selection.py, Jamieson & Talwalkar
 2016) against the rounds written out by hand, and the held-out rows it is judged on (`held_out`).
 
 A stand-in scorer draws samples that each name their setting, seed, class and place in their draw, so a
@@ -18,9 +18,13 @@ from typing import Any, Callable, NamedTuple
 import pytest
 import torch
 
-import vqgen.pipeline.evaluation.evaluate as evaluate
+import vqgen.pipeline.evaluation.held_out as held_out_module
+import vqgen.pipeline.evaluation.selection as selection
 from vqgen.data.images import DatasetInfo, ImageDataset
-from vqgen.pipeline.evaluation.evaluate import KEEP, TOP_UP_SEED, HeldOut, held_out
+from vqgen.pipeline.evaluation.held_out import HeldOut, held_out
+from vqgen.pipeline.evaluation.scoring import Scores, setting_name
+from vqgen.pipeline.evaluation.seeds import Seeds
+from vqgen.pipeline.evaluation.selection import KEEP
 from vqgen.stage2_prior.sampling import SamplingOptions
 
 SEED = 11
@@ -96,7 +100,7 @@ class Outcome(NamedTuple):
     frechet: float
     scorer: FakeScorer
     scored: list[Scored]                # every score, in order
-    record: list[dict[str, Any]]        # what _select recorded
+    record: list[Any]                   # what the search recorded (scoring.Scored)
     asked: list[SamplingOptions]        # the settings `around` was asked about
 
 
@@ -105,7 +109,7 @@ Search = Callable[..., Outcome]
 
 @pytest.fixture
 def search(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Search:
-    """search(per_group, ladder, around=around): `_select` run on the stand-in scorer and score."""
+    """search(per_group, ladder, around=around): `select` run on the stand-in scorer and score."""
     judge = object()
 
     def run(per_group: int, ladder: list[SamplingOptions],
@@ -116,13 +120,11 @@ def search(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Search:
                   labels: torch.Tensor) -> dict[str, float | None]:
             assert judge_given is judge and reference is scorer.selection  # the selection reference only
             scored.append(scorer.decode(images, labels))
-            return {"frechet": frechet_of(scored[-1].setting, len(images) // len(CLASSES)),
-                    "class_accuracy": None, "precision": 0.5, "recall": 0.5}
+            return Scores(frechet_of(scored[-1].setting, len(images) // len(CLASSES)), None, 0.5, 0.5)
 
-        monkeypatch.setattr(evaluate, "_score", score)
-        record: list[dict[str, Any]] = []
-        winner, frechet = evaluate._select(scorer, ladder, lambda best: asked.append(best) or around(best), judge,
-                                           tmp_path, SEED, False, record)
+        monkeypatch.setattr(selection, "score", score)
+        winner, frechet, record = selection.select(scorer, ladder, lambda best: asked.append(best) or around(best),
+                                                   judge, Seeds(SEED), tmp_path, progress=False)
         return Outcome(winner, frechet, scorer, scored, record, asked)
     return run
 
@@ -151,7 +153,7 @@ def test_three_rounds_keep_the_best_third_topped_up_with_new_samples_and_the_low
         search: Search, monkeypatch: pytest.MonkeyPatch) -> None:
     """13 settings (5 guidings, then 8 more around the best) at n/4; the best 5 by that score topped up
     to n/2; the best 2 by the n/2 score topped up to n; the lowest at n wins."""
-    monkeypatch.setattr(evaluate, "SCREEN_IMAGES", 6)  # 3 classes x n/4 = 6 samples: enough to screen by
+    monkeypatch.setattr(selection, "SCREEN_IMAGES", 6)  # 3 classes x n/4 = 6 samples: enough to screen by
     winner, frechet, scorer, scored, record, asked = search(8, LADDER)
     guided = lowest(LADDER, 2)[0]  # the ladder's best at n/4
     assert asked == [guided] and guided != LADDER[0]
@@ -170,12 +172,12 @@ def test_three_rounds_keep_the_best_third_topped_up_with_new_samples_and_the_low
                                       + [(s, 8) for s in final])
     assert [size for _, size in rounds] == sorted(size for _, size in rounds)  # a round at a time
     assert Counter(scorer.draws) == Counter([Draw(s, SEED, 2) for s in candidates]
-                                            + [Draw(s, SEED + TOP_UP_SEED + 1, 2) for s in halved]
-                                            + [Draw(s, SEED + TOP_UP_SEED + 2, 4) for s in final])
+                                            + [Draw(s, SEED + 3, 2) for s in halved]
+                                            + [Draw(s, SEED + 4, 4) for s in final])
     check_samples(scorer, scored)
-    assert [(SamplingOptions.from_record(r), r["n"], r["frechet"]) for r in record] == [
+    assert [(r.setting, r.n, r.scores.frechet) for r in record] == [
         (s.setting, 3 * len(s.samples[0]), frechet_of(s.setting, len(s.samples[0]))) for s in scored]
-    assert scorer.grids == [f"{evaluate.setting_name(setting)}.png" for setting, _ in rounds]
+    assert scorer.grids == [f"{setting_name(setting)}.png" for setting, _ in rounds]
 
 
 @pytest.mark.parametrize("per_group, screen, sizes", [
@@ -186,7 +188,7 @@ def test_three_rounds_keep_the_best_third_topped_up_with_new_samples_and_the_low
 ])
 def test_the_rounds_sizes_follow_the_shares_while_they_judge_by_enough_samples(
         search: Search, monkeypatch: pytest.MonkeyPatch, per_group: int, screen: int, sizes: tuple[int, ...]) -> None:
-    monkeypatch.setattr(evaluate, "SCREEN_IMAGES", screen)
+    monkeypatch.setattr(selection, "SCREEN_IMAGES", screen)
     winner, frechet, scorer, scored, record, asked = search(per_group, LADDER)
     guided = lowest(LADDER, sizes[0])[0]
     left = LADDER + [s for s in around(guided) if s != guided]
@@ -206,7 +208,7 @@ def test_the_rounds_sizes_follow_the_shares_while_they_judge_by_enough_samples(
 def test_with_no_more_than_keep_settings_the_screen_goes_straight_to_the_full_size(
         search: Search, monkeypatch: pytest.MonkeyPatch) -> None:
     """Three settings are too few to halve: scored at n/4, then all three topped up to n (round 2's seed)."""
-    monkeypatch.setattr(evaluate, "SCREEN_IMAGES", 1)
+    monkeypatch.setattr(selection, "SCREEN_IMAGES", 1)
     ladder = [SamplingOptions(guidance=1.0)]
     few = lambda best: [replace(best, temperature=t) for t in (0.9, 1.0, 1.1)]  # noqa: E731
     winner, frechet, scorer, scored, record, asked = search(8, ladder, few)
@@ -216,7 +218,7 @@ def test_with_no_more_than_keep_settings_the_screen_goes_straight_to_the_full_si
     assert rounds[:3] == [(ladder[0], 2), (settings[0], 2), (settings[2], 2)]
     assert Counter(rounds[3:]) == Counter((s, 8) for s in settings)
     assert Counter(scorer.draws) == Counter([Draw(s, SEED, 2) for s in settings]
-                                            + [Draw(s, SEED + TOP_UP_SEED + 2, 6) for s in settings])
+                                            + [Draw(s, SEED + 4, 6) for s in settings])
     assert winner == lowest(settings, 8)[0] and frechet == frechet_of(winner, 8)
     check_samples(scorer, scored)
 
@@ -258,7 +260,15 @@ def test_held_out_rows_of_an_unlabelled_split_are_disjoint_and_cut_into_equal_gr
     data = ImageDataset(data.images, None, data.info)
     rows = held_out(data, None, seed)
     real, selection, reference = (set(r.tolist()) for r in (rows.real, rows.selection, rows.reference))
-    assert rows.per_group == 47 // evaluate.MIN_GROUPS // 4 and rows.labels is None
-    assert len(rows.real) == rows.per_group * evaluate.MIN_GROUPS == len(real)
+    assert rows.per_group == 47 // held_out_module.MIN_GROUPS // 4 and rows.labels is None
+    assert len(rows.real) == rows.per_group * held_out_module.MIN_GROUPS == len(real)
     assert len(selection) == len(reference) == 2 * len(real)
     assert not selection & reference and real <= selection
+
+
+def test_every_draw_of_an_eval_has_a_seed_of_its_own() -> None:
+    """The fresh draw that reports the chosen setting, the classification score's samples and every
+    round's top-up each draw with a seed no other draw of the same eval uses."""
+    seeds = Seeds(SEED)
+    draws = [seeds.first_draw, seeds.fresh, seeds.classification_score] + [seeds.top_up(r) for r in (1, 2, 3)]
+    assert len(set(draws)) == len(draws) and seeds.first_draw == seeds.rows == SEED

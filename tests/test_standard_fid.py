@@ -18,7 +18,7 @@ from torch import nn
 
 from test_cli import TINY_RUN, vqgen
 from vqgen.engine.errors import VQGenError
-from vqgen.pipeline.evaluation.evaluate import describe_setting
+from vqgen.pipeline.evaluation.report import describe_setting
 from vqgen.pipeline.evaluation.fidelity import frechet_distance, precision_recall
 from vqgen.pipeline.generate import Generator
 from vqgen.pipeline.spec import load_spec

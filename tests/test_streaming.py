@@ -20,7 +20,7 @@ from vqgen.data.streaming import StreamedFolder
 from vqgen.engine.batches import ResumableBatches, make_loader
 from vqgen.engine.distributed import Dist
 from vqgen.engine.errors import UsageError, VQGenError
-from vqgen.engine.trainer import TrainConfig
+from vqgen.engine.train_config import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.export import export_latents
 from vqgen.stage1_vqvae.model import VQVAE

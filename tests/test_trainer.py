@@ -13,11 +13,12 @@ from torch import nn
 
 from vqgen.data.builtin import make_builtin
 from vqgen.engine.averaging import WeightAverage
+from vqgen.engine.checkpoint import saved_step
 from vqgen.engine.errors import UsageError, VQGenError
 from vqgen.engine.files import load_tensors
 from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.runtime import native_bf16, resolve_precision
-from vqgen.engine.trainer import TrainConfig, saved_step
+from vqgen.engine.train_config import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage1_vqvae.train import evaluate_vqvae, train_vqvae
@@ -85,19 +86,23 @@ def test_a_cosine_run_cannot_be_resumed_with_other_steps(latents: tuple[Path, Pa
 
 
 class StepClock:
-    """The trainer's clock: each optimizer step advances it one second, and each evaluation, checkpoint and
-    setup measurement (the reference matmul timing) `other_work` seconds, which the budget must not count."""
+    """The training clock (the metrics window's): each optimizer step advances it one second, and each
+    evaluation, checkpoint and setup measurement (the reference matmul timing) `other_work` seconds, which
+    the budget must not count."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, other_work: float = 0.0) -> None:
         import types
 
+        import vqgen.engine.metrics_log as metrics_log
         import vqgen.engine.trainer as trainer
+        from vqgen.engine.checkpoint import TrainingState
+        from vqgen.stage2_prior.train import PriorTask
 
         self.now = 0.0
-        monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: self.now))
-        self._advance_after(monkeypatch, trainer.Trainer, "_optimise", 1.0)
-        for name in ("_evaluate", "_save"):
-            self._advance_after(monkeypatch, trainer.Trainer, name, other_work)
+        monkeypatch.setattr(metrics_log, "time", types.SimpleNamespace(perf_counter=lambda: self.now))
+        self._advance_after(monkeypatch, trainer.Trainer, "before_update", 1.0)
+        self._advance_after(monkeypatch, PriorTask, "evaluate", other_work)
+        self._advance_after(monkeypatch, TrainingState, "save", other_work)
         self._advance_after(monkeypatch, trainer, "matmul_flops_per_s", other_work)
 
     def _advance_after(self, monkeypatch: pytest.MonkeyPatch, owner: object, name: str, seconds: float) -> None:

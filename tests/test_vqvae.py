@@ -17,7 +17,7 @@ from vqgen.engine.errors import UsageError, VQGenError
 from vqgen.data.images import DatasetInfo, ImageDataset
 from vqgen.data.latents import LatentDataset
 from vqgen.engine.metrics_log import read_metrics
-from vqgen.engine.trainer import TrainConfig
+from vqgen.engine.train_config import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.export import export_latents
 from vqgen.stage1_vqvae.model import VQVAE

@@ -29,11 +29,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vqgen.data.images import BatchedImages
-from vqgen.engine.checkpoint import Pretrained
+from vqgen.engine.checkpoint import Pretrained, saved_step
 from vqgen.engine.errors import VQGenError
-from vqgen.engine.metrics_log import read_metrics
+from vqgen.engine.metrics_log import METRICS_FILE, read_metrics
 from vqgen.engine.runtime import seed_everything
-from vqgen.engine.trainer import METRICS_FILE, StepResult, TrainConfig, Trainer, saved_step
+from vqgen.engine.train_config import TrainConfig
+from vqgen.engine.train_task import StepResult
+from vqgen.engine.trainer import Trainer
 
 SEED = 0
 FEATURES = 128

@@ -39,7 +39,7 @@ from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import load_tensors, read_json, write_json
 from vqgen.engine.locks import directory_lock
 from vqgen.engine.runtime import pick_device
-from vqgen.pipeline.evaluation.evaluate import EVAL_FILE
+from vqgen.pipeline.evaluation.report import EVAL_FILE
 from vqgen.pipeline.generate import PRIOR_FOLDER, VQVAE_FOLDER, Generator
 from vqgen.pipeline.spec import load_spec, require_run_dir
 
