@@ -11,8 +11,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 FOLDERS = ("data", "engine", "stage1_vqvae", "stage2_prior", "pipeline")
 
 
@@ -94,4 +94,4 @@ def test_version_names_the_machine(capsys: pytest.CaptureFixture) -> None:
     line, rates = capsys.readouterr().out.strip().splitlines()
     assert line.startswith(f"vqgen {vqgen.__version__} (torch {torch.__version__}") and "CPU " in line
     fp32, bf16 = (float(value) for value in re.findall(r"(?:fp32|bf16) (\d+) GFLOP/s", rates))
-    assert fp32 > 0 and bf16 > 0 and "--precision auto is" in rates  # the rate a run logs, to scale README's times
+    assert fp32 > 0 and bf16 > 0 and "--precision auto is" in rates  # the rate a run logs, to scale docs/performance.md's times

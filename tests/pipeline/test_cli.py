@@ -11,18 +11,7 @@ import pytest
 from PIL import Image
 
 from vqgen.pipeline.cli import main
-
-TINY_VQVAE = ["--preset", "tiny", "--steps", "4", "--batch-size", "8", "--eval-every", "2", "--device", "cpu"]
-TINY_PRIOR = ["--preset", "tiny", "--steps", "4", "--batch-size", "8", "--eval-every", "2", "--device", "cpu"]
-TINY_RUN = ["--preset", "quick", "--device", "cpu", "--vqvae-steps", "4", "--vqvae-batch-size", "8",
-            "--vqvae-hidden", "8", "--vqvae-res-hidden", "4", "--vqvae-checkpoint-every", "2",
-            "--prior-steps", "4", "--prior-batch-size", "8", "--prior-channels", "8", "--prior-layers", "2",
-            "--prior-checkpoint-every", "2", "--samples", "4"]
-
-
-def vqgen(*args: str | Path) -> int:
-    return main([str(a) for a in args])
-
+from helpers import TINY_PRIOR, TINY_RUN, TINY_VQVAE, vqgen
 
 def test_each_subcommand_end_to_end(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"

@@ -26,7 +26,7 @@ from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.model import GatedPixelCNN
 from vqgen.stage2_prior.train import train_prior
 
-from test_prior_training import structured_latents
+from helpers import structured_latents
 
 SMOOTH = TrainConfig(steps=6, batch_size=8, lr=3e-3, warmup=2, schedule="cosine", ema=0.9, log_every=1,
                      checkpoint_every=2, eval_every=3, device="cpu")

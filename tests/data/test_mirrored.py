@@ -10,7 +10,7 @@ import torch
 
 from vqgen.data.builtin import make_builtin
 from vqgen.data.images import Mirrored
-from test_cli import TINY_RUN, vqgen
+from helpers import TINY_RUN, vqgen
 
 
 def test_mirrored_holds_every_image_and_its_mirror_with_the_same_label() -> None:

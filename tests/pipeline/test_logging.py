@@ -25,8 +25,7 @@ from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.sampling import SamplingOptions
 from vqgen.stage2_prior.train import train_prior
 
-from test_cli import TINY_RUN, vqgen
-from test_prior_training import structured_latents
+from helpers import TINY_RUN, structured_latents, vqgen
 
 MISSING = "--tensorboard needs the tensorboard package: pip install 'vqgen[tensorboard]'"
 def events(directory: Path) -> EventAccumulator:

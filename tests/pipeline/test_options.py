@@ -22,7 +22,7 @@ from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.sampling import SamplingOptions
-from test_cli import TINY_VQVAE, vqgen
+from helpers import TINY_VQVAE, vqgen
 
 RESUMED = (VQVAEConfig, PriorConfig, TrainConfig)  # saved with a run, compared when it resumes
 CONFIGS = (*RESUMED, SamplingOptions, EvalOptions)

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_cli import TINY_PRIOR, TINY_RUN, TINY_VQVAE
+from helpers import REPO, TINY_PRIOR, TINY_RUN, TINY_VQVAE
 
-REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 240  # a job whose ranks wait on each other forever fails here instead of hanging the suite
 
 
@@ -80,7 +79,7 @@ def test_stage_commands_run_under_torchrun(job: tuple[Path, subprocess.Completed
 
 def test_an_error_every_rank_meets_ends_the_job_with_one_line(tmp_path: Path, folder: Path) -> None:
     """A test split too small to evaluate: every rank finds it before training, and rank 0 alone says it
-    (an error of rank 0 alone reaching the others: tests/test_distributed.py)."""
+    (an error of rank 0 alone reaching the others: tests/engine/test_distributed.py)."""
     small = tmp_path / "small"
     for path in folder.rglob("*.png"):  # the same train/, and 3 test images a class: too few to evaluate
         if path.parent.parent.name == "train" or int(path.stem) < 3:

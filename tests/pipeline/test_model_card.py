@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_cli import TINY_RUN, vqgen
+from helpers import REPO, TINY_RUN, vqgen
 from vqgen.engine.checkpoint import saved_step
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import load_safetensors
@@ -58,7 +58,8 @@ def test_export_writes_a_folder_ready_for_the_hub(run: Path, folder: Path, tmp_p
         "vqvae", "vqvae/config.json", "vqvae/model.safetensors"]
     assert (out / "samples.png").read_bytes() == (run / "samples" / "grid.png").read_bytes()
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: vqgen\n") and "- class-conditional\n---\n" in card
+    assert card.startswith("---\nlibrary_name: vqgen\nlicense: mit\n") and "- class-conditional\n---\n" in card
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")  # the license the card states
     assert f"the image folder '{folder.name}': 48 images of 1x16x16" in card and str(folder) not in card
     assert "![samples](samples.png)" in card and "Samples were not scored" in card
 

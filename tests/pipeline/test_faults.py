@@ -21,8 +21,8 @@ from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.train_config import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage1_vqvae.model import VQVAE
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def train_args(folder: Path, out: Path) -> list[str]:

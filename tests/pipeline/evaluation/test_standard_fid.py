@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from test_cli import TINY_RUN, vqgen
+from helpers import TINY_RUN, vqgen
 from vqgen.engine.errors import VQGenError
 from vqgen.pipeline.evaluation.report import describe_setting
 from vqgen.pipeline.evaluation.fidelity import frechet_distance, precision_recall

@@ -17,19 +17,7 @@ from vqgen.engine.train_config import TrainConfig
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.model import GatedPixelCNN
 from vqgen.stage2_prior.train import eval_rows, evaluate_prior, train_prior
-
-
-def structured_latents(directory: Path, count: int, seed: int) -> Path:
-    """Grids whose codes follow a rule (each row repeats a label-dependent pattern, shifted)."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, count)
-    shift = rng.integers(0, 4, count)
-    cols = np.arange(4)
-    codes = np.stack([np.tile((cols + s + 4 * lab) % 8, (4, 1)) for s, lab in zip(shift, labels)])  # (N, 4, 4)
-    manifest = LatentManifest(count=count, grid=(4, 4), codebook_size=8, num_classes=2)
-    writer = LatentWriter(directory, manifest).create(np.eye(8, dtype=np.float32))
-    writer.write(0, torch.from_numpy(codes), torch.from_numpy(labels))
-    return writer.commit()
+from helpers import structured_latents
 
 
 def test_training_beats_the_unigram_baseline(tmp_path: Path) -> None:

@@ -158,7 +158,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path: Path) -> None:
 def test_an_old_run_resumed_reexports_nothing(tmp_path: Path, folder: Path) -> None:
     """A finished run of vqgen 0.2 (model.pt weights, latents stamped with model.pt's sha256) run again:
     its latents are current, so nothing is exported or trained, and its weights stay as they are."""
-    from test_cli import TINY_RUN, vqgen
+    from helpers import TINY_RUN, vqgen
 
     out = tmp_path / "run"
     assert vqgen("run", "--data", folder, "--out", out, *TINY_RUN) == 0

@@ -14,7 +14,7 @@ from PIL import Image
 
 from vqgen.pipeline.generate import Generator, load_sampling, save_sampling
 from vqgen.stage2_prior.sampling import SamplingOptions
-from test_cli import TINY_RUN, vqgen
+from helpers import TINY_RUN, vqgen
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,8 @@ from vqgen.engine.checkpoint import saved_step
 from vqgen.engine.locks import LOCK_FILE, directory_lock
 from vqgen.engine.metrics_log import read_metrics
 
-from test_cli import TINY_PRIOR, TINY_RUN, TINY_VQVAE
-from test_prior_training import structured_latents
+from helpers import REPO, TINY_PRIOR, TINY_RUN, TINY_VQVAE, structured_latents
 
-REPO = Path(__file__).resolve().parent.parent
 # TINY_RUN with more steps, so that a run lasts long enough to be killed while it trains.
 LONGER = [*TINY_RUN, "--vqvae-steps", "40", "--prior-steps", "40"]
 PROBE = """
