@@ -85,8 +85,8 @@ def matmul_flops_per_s(precision: str, device: torch.device, repeats: int = 5) -
 
 
 def describe_reference_rates() -> str:
-    """The machine's reference rates, for `vqgen --version`: README's timings quote the rate of the
-    machine they were measured on, so a user can scale them to theirs (a run logs the same rate)."""
+    """The machine's reference rates, for `vqgen --version`: the timings of docs/performance.md quote the
+    rate of the machine they were measured on, so a user can scale them to theirs (a run logs the same rate)."""
     device = pick_device("auto")
     native = native_bf16(device)
     rates = {precision: matmul_flops_per_s(precision, device, repeats=20) / 1e9 for precision in ("fp32", "bf16")}

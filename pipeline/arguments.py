@@ -203,7 +203,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     _add_data(p)
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--preset", default="default", choices=sorted(RUN_PRESETS),
-                   help="quick (~2 min smoke run), default (minutes on a 2-core CPU), paper (GPU sizes); "
+                   help="quick (a smoke run, without eval), default (minutes on a 2-core CPU: docs/performance.md), paper (GPU sizes); "
                         "each sized for the data (image channels and size, number of images)")
     p.add_argument("--samples", type=_positive("--samples"), help="images to sample (a row per class)")
     add_config_options(p, SamplingOptions, title="the run's sample grid (each option left out is the one eval "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -171,18 +172,17 @@ def _run(args: argparse.Namespace) -> None:
 
     shape = data_shape(args.data, args.data_root, args.download, args.image_size, index_dir=args.out)
     preset = RUN_PRESETS[args.preset](shape)  # sized for the data (pipeline/presets.py)
-    shared = config_from_args(args, preset.vqvae_train, tensorboard=None)
+    spec = RunSpec.from_preset(preset, args.data, args.data_root, args.image_size)
+    shared = config_from_args(args, spec.vqvae_train, tensorboard=None)
     shared_values = {name: getattr(shared, name) for name in fields_where(TrainConfig, shared=True)}
     with flags_named(SamplingOptions):
-        spec = RunSpec(
-            data=args.data, data_root=args.data_root, image_size=args.image_size,
-            vqvae=config_from_args(args, preset.vqvae, prefix="vqvae-"),
-            vqvae_train=config_from_args(args, preset.vqvae_train, prefix="vqvae-", **shared_values),
-            prior=config_from_args(args, preset.prior, prefix="prior-"),
-            prior_train=config_from_args(args, preset.prior_train, prefix="prior-", **shared_values),
-            eval_images=preset.eval_images, samples=args.samples or 100,
-            sampling=checked_overrides(args, SamplingOptions),
-            flip=preset.flip if args.flip is None else args.flip)
+        spec = replace(
+            spec, vqvae=config_from_args(args, spec.vqvae, prefix="vqvae-"),
+            vqvae_train=config_from_args(args, spec.vqvae_train, prefix="vqvae-", **shared_values),
+            prior=config_from_args(args, spec.prior, prefix="prior-"),
+            prior_train=config_from_args(args, spec.prior_train, prefix="prior-", **shared_values),
+            samples=args.samples or spec.samples, sampling=checked_overrides(args, SamplingOptions),
+            flip=spec.flip if args.flip is None else args.flip)
     evaluate = preset.evaluate if args.eval is None else args.eval
     report = run(spec, args.out, download=args.download, evaluation=EvalOptions() if evaluate else None,
                  tensorboard=args.tensorboard, stream=args.stream)

@@ -36,7 +36,7 @@ def front_matter(spec: RunSpec, conditional: bool) -> str:
     class-conditional model is none of them, so it names no pipeline and its tags say class-conditional."""
     tags = ["vqgen", "vq-vae", "pixelcnn", "image-generation"] + (["class-conditional"] if conditional else [])
     pipeline = [] if conditional else ["pipeline_tag: unconditional-image-generation"]
-    lines = ["---", "library_name: vqgen", *pipeline, "tags:"] + [f"- {tag}" for tag in tags]
+    lines = ["---", "library_name: vqgen", "license: mit", *pipeline, "tags:"] + [f"- {tag}" for tag in tags]
     if spec.data in HUB_DATASETS:
         lines += ["datasets:", f"- {HUB_DATASETS[spec.data]}"]
     return "\n".join(lines + ["---"])

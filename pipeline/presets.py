@@ -5,9 +5,9 @@ The rule, for a train split of C x H x W images and N of them (`DataShape`):
 - the code grid stays near 8 x 8 for one channel (7 x 7 for 28 x 28: 2**downsamples = the image side
   / 8, at least 4) and, in `default`, near 16 x 16 for color (the side / 16, at least 2; `quick` and
   `paper` keep 8 x 8), at most the largest power of two dividing both sides. Natural images lose
-  their edges in a 4 x 4 cell per code: on CIFAR-10 a 16 x 16 grid reconstructs at 1.6x the real
-  floor's Frechet distance where 8 x 8 stays near 19x, and its samples score better too, for 4x
-  the prior's positions;
+  their edges in a 4 x 4 cell per code, so on CIFAR-10 a 16 x 16 grid reconstructs far closer to
+  the real images than 8 x 8 does, and its samples score better too, for 4x the prior's positions
+  (docs/experiments.md, "Color images");
 - color images (C = 3) get the color sizes (a wider VQ-VAE with more and wider codes, both stages
   trained on the horizontal mirror images too), measured on CIFAR-10 for 32 x 32; one-channel images
   the grayscale sizes, measured on MNIST and the built-in digits (digits are not mirror-symmetric);
@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from vqgen.data.images import DataShape
-from vqgen.engine.trainer import TrainConfig
+from vqgen.engine.train_config import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage2_prior.config import PriorConfig
 
@@ -65,7 +65,7 @@ def fitted(preset: RunPreset, shape: DataShape, color_grid: int = COLOR_GRID) ->
 
 
 def quick(shape: DataShape) -> RunPreset:
-    """A smoke run: about a minute on a 2-core CPU, without eval; the samples are rough."""
+    """A smoke run: a fraction of the default's time, without eval; the samples are rough."""
     return fitted(RunPreset(
         vqvae=VQVAEConfig.small(hidden=32, res_hidden=16, code_dim=16, codebook_size=64, restart_every=50),
         vqvae_train=TrainConfig(steps=300, batch_size=64, lr=2e-3, precision="auto", eval_every=300,
@@ -77,14 +77,16 @@ def quick(shape: DataShape) -> RunPreset:
 
 
 def default(shape: DataShape) -> RunPreset:
-    """The README's main job, samples near real data within minutes on a 2-core CPU (eval included).
+    """The main job of `vqgen run`: samples near real data within minutes on a 2-core CPU, eval
+    included (its time on a named machine: docs/performance.md; its figures: docs/results.md).
 
-    Grayscale, chosen by `vqgen eval` on real MNIST and the built-in digits (README, "Sample
-    quality"): bf16 where the CPU computes it natively buys 1.3-1.5x more steps; the prior is
-    undertrained at this budget, so a constant, higher learning rate with a weight average (which at
-    under 4,500 steps averages about the last fifth of training, engine/averaging.py) beats a cosine
-    decay, warm-up and dropout; K=128 codes model better than 256 at this prior size (sharper
-    samples, better class accuracy) although 256 reconstruct better. Color: see `_color`.
+    Grayscale, chosen by `vqgen eval` and held-out bits per code on real MNIST and the built-in digits
+    (docs/experiments.md, "Grayscale preset"): bf16 where the CPU computes it natively buys more steps
+    in the same time; the prior is undertrained at this budget, so a constant, higher learning rate
+    with a weight average (which at under 4,500 steps averages about the last fifth of training,
+    engine/averaging.py) beats a cosine decay, warm-up and dropout; K=128 codes model better than 256
+    at this prior size (sharper samples, better class accuracy) although 256 reconstruct better.
+    Color: see `_color`.
     """
     if shape.channels == 3:
         return fitted(_color(), shape)
@@ -98,12 +100,12 @@ def default(shape: DataShape) -> RunPreset:
 
 
 def _color() -> RunPreset:
-    """Color images, measured on CIFAR-10 (README, "Color images"): within 25 minutes on a 2-core CPU
-    with native bf16, eval included. Of the levers tried, the grid (16 x 16 codes, module docstring)
-    moved every figure most; more and wider codes (K=512, D=64) and horizontal flips in both stages
-    reconstruct better at the same grid, a wider encoder costs twice the time for less. The prior
-    models what the samples show, so it gets 60% of the run's time (1,650 steps of 256-position grids)
-    and the VQ-VAE what is left after export, judge and eval."""
+    """Color images, chosen on CIFAR-10 (docs/experiments.md, "Color images"; the run's time and
+    figures on a named machine: docs/performance.md, docs/results.md). Of the levers tried, the grid
+    (16 x 16 codes, module docstring) moved every figure most; more and wider codes (K=512, D=64) and
+    horizontal flips in both stages reconstruct better at the same grid, a wider encoder costs twice
+    the time for less. The prior models what the samples show, so it gets most of the run's time
+    (1,650 steps of 256-position grids) and the VQ-VAE what is left after export, judge and eval."""
     return RunPreset(
         vqvae=VQVAEConfig.small(hidden=128, res_hidden=64, code_dim=64, codebook_size=512),
         vqvae_train=TrainConfig(steps=1600, batch_size=64, lr=1e-3, precision="auto", eval_every=500,

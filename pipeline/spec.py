@@ -6,10 +6,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vqgen.data.images import BatchedImages, open_dataset
+from vqgen.data.images import BatchedImages, data_shape, open_dataset
 from vqgen.engine.configs import config_from_dict, fields_where
 from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import read_json, write_json
+from vqgen.pipeline.presets import RUN_PRESETS, RunPreset
 from vqgen.engine.train_config import TrainConfig
 from vqgen.stage1_vqvae.config import VQVAEConfig
 from vqgen.stage2_prior.config import PriorConfig
@@ -36,6 +37,18 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         SamplingOptions(**self.sampling)  # unknown or bad options, named, before any work
+
+    @classmethod
+    def from_preset(cls, preset: str | RunPreset = "default", data: str = "builtin", data_root: str | None = None,
+                    image_size: int | None = None, download: bool = False,
+                    index_dir: Path | None = None) -> "RunSpec":
+        """What `vqgen run --preset PRESET --data DATA` runs before its other flags: the preset (a name in
+        RUN_PRESETS, or one sized already) sized for the data by pipeline/presets.py's rule."""
+        if isinstance(preset, str):
+            preset = RUN_PRESETS[preset](data_shape(data, data_root, download, image_size, index_dir=index_dir))
+        return cls(data=data, data_root=data_root, image_size=image_size, vqvae=preset.vqvae,
+                   vqvae_train=preset.vqvae_train, prior=preset.prior, prior_train=preset.prior_train,
+                   eval_images=preset.eval_images, flip=preset.flip)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

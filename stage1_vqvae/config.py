@@ -42,7 +42,7 @@ class VQVAEConfig:
                                     resume="binding")
     decoder: Literal["mse", "logistic"] = option(
         "mse", "mse: pixel means trained by squared error; logistic: a discretised logistic per pixel trained by "
-               "its likelihood (docs: bits/dim from it directly)", resume="binding")
+               "its likelihood, which bits/dim then reads directly (docs/metrics.md)", resume="binding")
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "image_height", "image_width", "hidden", "res_hidden", "downsamples",

@@ -21,7 +21,7 @@ grows the completions follow
 
 the conditional of the step-by-step tempered, guided, truncated process given the known codes, not
 the prior's own conditional. At T 1, guidance 1 and no truncation it is exactly p(holes | known);
-tests/test_completion.py enumerates it at T 0.7, guidance 2, top-k 2 as well. A raster prefix needs
+tests/stage2_prior/test_completion.py enumerates it at T 0.7, guidance 2, top-k 2 as well. A raster prefix needs
 no weights and samples the first product alone.
 """
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 from vqgen.engine.configs import option, require
 
 
-# Share of labels the presets replace by the null class; measured on MNIST (README, "Guidance").
+# Share of labels the presets replace by the null class; measured on MNIST (docs/experiments.md, "Guidance").
 LABEL_DROPOUT = 0.1
 
 

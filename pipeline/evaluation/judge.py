@@ -58,7 +58,7 @@ class Recipe:
 
 # small: the cheapest setting that clears 98.5% test accuracy on MNIST (98.9%, 20 s on a 2-core CPU).
 # color: the cheapest that clears 75% on CIFAR-10's held-out tenth within 5 minutes on a 2-core CPU
-# with native bf16 (README, "Color images").
+# with native bf16 (docs/experiments.md, "The judge").
 RECIPES = {"small": Recipe(epochs=2, batch=128, lr=3e-3, max_steps=4000),
            "color": Recipe(epochs=5, batch=128, lr=3e-3, max_steps=6000, warmup=200, schedule="cosine",
                            augment=True, precision="auto")}

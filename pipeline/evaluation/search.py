@@ -3,8 +3,8 @@
 The settings are searched a coordinate at a time: the guidance ladder (every scale, schedule and
 interval) at the temperature nearest 1 with the first truncation, then every temperature and
 truncation at the ladder's best guidance (pipeline/evaluation/selection.py screens them). The best
-guidance was the same at every temperature and truncation on CIFAR-10 (docs/experiments.md), so of
-the default 81-setting grid the search scores 17.
+guidance was the same at every temperature and truncation on CIFAR-10 (docs/experiments.md, "Eval's
+search"), so of the default 81-setting grid the search scores 17.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from vqgen.stage2_prior.sampling import GUIDANCE_SCHEDULES, GuidanceSchedule, Sa
 
 TOP_K_SHARE = 8        # default truncations: all codes, top-k K/8, or top-p TOP_P
 TOP_P = 0.9
-GUIDANCE = (1.0, 1.5, 2.0, 3.0, 5.0)  # default scales for a prior with a null class (docs/experiments.md)
+GUIDANCE = (1.0, 1.5, 2.0, 3.0, 5.0)  # default scales for a prior with a null class (docs/experiments.md, "Guidance")
 
 
 @dataclass(frozen=True)
