@@ -34,8 +34,9 @@ def psnr(mse: torch.Tensor | float) -> float:
 @torch.no_grad()
 def evaluate_vqvae(model: VQVAE, data: BatchedImages, device: torch.device, limit: int | None = None,
                    seed: int = 0) -> dict[str, float]:
-    """Held-out MSE, PSNR, perplexity and codebook use (and a logistic decoder's bits/dim), over `limit`
-    images drawn by `seed` within each class and spread over the classes (data/rows.py)."""
+    """Held-out MSE and PSNR of the reconstructed images, perplexity and codebook use (and a logistic
+    decoder's bits/dim), over `limit` images drawn by `seed` within each class and spread over the classes
+    (data/rows.py)."""
     rows = spread_rows(data.labels, len(data), len(data) if limit is None else limit, seed)
     sq_error, bits, pixels = 0.0, 0.0, 0
     counts = torch.zeros(model.config.codebook_size, dtype=torch.long, device=device)
@@ -43,7 +44,10 @@ def evaluate_vqvae(model: VQVAE, data: BatchedImages, device: torch.device, limi
         images, _ = data.__getitems__(rows[start:start + EVAL_BATCH])
         images = images.to(device)
         out = model(images)
-        sq_error += float(F.mse_loss(out.reconstruction.float(), images, reduction="sum"))
+        # the image the model shows (decode, samples, reconstructions.png) is its means clamped to [0, 1]: a
+        # logistic decoder's mean for a black or white pixel may sit far outside, as its end bins are open
+        shown = out.reconstruction.float().clamp(0, 1)
+        sq_error += float(F.mse_loss(shown, images, reduction="sum"))
         if out.log_scales is not None:
             bits += float(discretized_logistic_bits(images, out.reconstruction.float(), out.log_scales.float()).sum())
         pixels += images.numel()
@@ -96,7 +100,7 @@ class VQVAETask:
         shown = spread_rows(self.held_out.labels, len(self.held_out), SHOWN, self.seed)
         images, _ = self.held_out.__getitems__(shown)
         images = images.to(next(model.parameters()).device)
-        recon = model(images).reconstruction.float()
+        recon = model(images).reconstruction.float().clamp(0, 1)
         rows = torch.stack([images.cpu(), recon.cpu()], dim=1).flatten(0, 1)  # (2B, C, H, W): real, decoded
         return {"reconstructions": Figure(rows, nrow=16)}
 

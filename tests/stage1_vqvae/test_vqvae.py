@@ -258,3 +258,23 @@ def test_export_of_images_of_another_shape_names_both(tmp_path: Path, digits: tu
     with pytest.raises(VQGenError, match="images are 1x28x28 but the VQ-VAE was built for 3x32x32"):
         export_latents(model, digits[0], tmp_path / "latents")
     assert not (tmp_path / "latents").exists()
+
+
+def test_psnr_reads_the_image_shown_when_a_logistic_decoders_means_leave_0_1() -> None:
+    """A logistic decoder's end bins are open, so its mean for a black pixel may sit far below 0 at no
+    cost; the held-out MSE and PSNR are those of the image it shows, its means clamped to [0, 1]."""
+    from vqgen.data.builtin import make_builtin
+    from vqgen.stage1_vqvae.train import evaluate_vqvae
+
+    torch.manual_seed(0)
+    vqvae = VQVAE(VQVAEConfig.tiny(decoder="logistic")).eval()
+    held_out = make_builtin("test", count=40)
+    images, _ = held_out.__getitems__(list(range(40)))
+    with torch.no_grad():
+        means = vqvae(images).reconstruction.float()
+        vqvae.decoder.net[-1].bias[0] += float(-means.min()) + 4.0  # every mean 3 or more above 1: shown white
+        assert float(vqvae(images).reconstruction.min()) >= 4.0
+    evaluation = evaluate_vqvae(vqvae, held_out, torch.device("cpu"))
+    white = float(((1 - images) ** 2).mean())  # the MSE of an all-white image, by hand
+    assert evaluation["mse"] == pytest.approx(white, rel=1e-6)
+    assert evaluation["psnr"] == pytest.approx(-10 * math.log10(white), rel=1e-6)
