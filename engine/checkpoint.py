@@ -133,12 +133,6 @@ def saved_step(out_dir: str | Path) -> int:
     return int(load_tensors(path, what="training state")["step"]) if path.exists() else 0
 
 
-def remove_torn_writes(directory: Path) -> None:
-    """The temporary files of atomic writes that a process killed mid-write left in `directory`."""
-    for leftover in directory.glob(".*.tmp"):
-        leftover.unlink(missing_ok=True)
-
-
 def start_run(directory: Path, model: Pretrained, config: TrainConfig) -> None:
     """A new run's config.json and train_config.json: what a resume is checked against."""
     write_config(directory, model.kind, model.config, model.version)

@@ -22,11 +22,12 @@ from tqdm import tqdm
 
 from vqgen.engine.averaging import WeightAverage
 from vqgen.engine.batches import ResumableBatches, make_loader
-from vqgen.engine.checkpoint import (STATE_FILE, Pretrained, Progress, TrainingState, check_same_run,
-                                     remove_torn_writes, saved_step, start_run, unwrap)
+from vqgen.engine.checkpoint import (STATE_FILE, Pretrained, Progress, TrainingState, check_same_run, saved_step,
+                                     start_run, unwrap)
 from vqgen.engine.distributed import Dist, on_main, process_device, rank_seed
 from vqgen.engine.efficiency import efficiency, matmul_flops_per_s, step_flops
 from vqgen.engine.errors import VQGenError
+from vqgen.engine.files import remove_torn_writes
 from vqgen.engine.grids import save_grid
 from vqgen.engine.locks import directory_lock
 from vqgen.engine.metrics_log import METRICS_FILE, MetricsLog, MetricsWindow

@@ -110,10 +110,10 @@ class Generator:
         """The setting a call samples with: `options` (None: the prior's saved defaults) with each field in
         `overrides` replaced (`top_k=None` keeps every code, as `top_p=None` does)."""
         base = self.defaults if options is None else options
-        unknown = sorted(set(overrides) - {f.name for f in fields(SamplingOptions)})
+        names = [f.name for f in fields(SamplingOptions)]
+        unknown = sorted(set(overrides) - set(names))
         if unknown:
-            raise UsageError(f"{', '.join(unknown)} {'is not a sampling option' if len(unknown) == 1 else 'are not sampling options'}; "
-                             f"the options are {', '.join(f.name for f in fields(SamplingOptions))}")
+            raise UsageError(f"not sampling options: {', '.join(unknown)}; the options are {', '.join(names)}")
         return replace(base, **overrides)
 
     def _generator(self, seed: int | None) -> torch.Generator:

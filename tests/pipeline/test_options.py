@@ -134,3 +134,15 @@ def test_eval_with_fid_leaves_the_process_group_before_rank_0_scores(tmp_path: P
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     assert grouped == [True, False]
+
+
+def test_a_misspelt_sampling_option_from_python_is_named() -> None:
+    from vqgen.engine.errors import UsageError
+    from vqgen.pipeline.generate import Generator
+    from vqgen.stage1_vqvae.model import VQVAE
+    from vqgen.stage2_prior.model import GatedPixelCNN
+
+    generator = Generator(VQVAE(VQVAEConfig.tiny()), GatedPixelCNN(PriorConfig.tiny(codebook_size=32)), "cpu")
+    with pytest.raises(UsageError, match="not sampling options: temprature; the options are temperature, top_k"):
+        generator.options(temprature=0.9)
+    assert generator.options(temperature=0.9) == SamplingOptions(temperature=0.9)
