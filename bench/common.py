@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -75,3 +77,25 @@ def trainer_rate(metrics_path: Any, key: str) -> float:
 
     rates = [r[key] for r in read_metrics(metrics_path) if r.get("split") == "train"][1:]
     return len(rates) / sum(1 / rate for rate in rates)
+
+
+def in_pairs(bench: str, names: list[str], launch: Callable[[str], subprocess.Popen], shared: dict[str, Any],
+             who: str, figure: str) -> None:
+    """Each of `names` in its own one-thread process (`launch(name)`), two at a time (two one-thread jobs share
+    a 2-core machine without thrashing): their JSON lines, with `shared` added, as they come; then one line
+    per mark (record["minutes"]) with every name's `figure` side by side and the lowest."""
+    results: dict[float, dict[str, float]] = {}
+    for pair in (names[i:i + 2] for i in range(0, len(names), 2)):
+        processes = [launch(name) for name in pair]
+        for process in processes:
+            out, _ = process.communicate()
+            if process.returncode:
+                for other in processes:
+                    other.kill()
+                sys.exit(f"bench.{bench}: a {who} failed (exit {process.returncode}); its error is above")
+            for line in out.splitlines():
+                record = json.loads(line)
+                emit({**shared, **record})
+                results.setdefault(record["minutes"], {})[record[who]] = round(record[figure], 5)
+    for mark, values in sorted(results.items()):
+        emit({**shared, "minutes": mark, figure: values, "lowest": min(values, key=values.get)})

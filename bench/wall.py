@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from .common import emit
+from .common import in_pairs
 from .peer import load_peer, peer_commit, peer_prior_loss, peer_vqvae_loss
 from vqgen.data.images import DataShape, open_dataset
 from vqgen.data.latents import LatentDataset
@@ -245,22 +245,7 @@ def main() -> None:
                  {"data": args.data, "eval_images": args.eval_images})}
     if args.peer:
         shared.update(peer="ritheshkumar95/pytorch-vqvae", peer_commit=peer_commit(args.peer))
-    results: dict[float, dict[str, float]] = {}
-    for pair in (names[i:i + 2] for i in range(0, len(names), 2)):
-        processes = [launch(name, args) for name in pair]
-        for process in processes:
-            out, _ = process.communicate()
-            if process.returncode:
-                for other in processes:
-                    other.kill()
-                sys.exit(f"bench.wall: a contestant failed (exit {process.returncode}); its error is above")
-            for line in out.splitlines():
-                record = json.loads(line)
-                emit({**shared, **record})
-                results.setdefault(record["minutes"], {})[record["contestant"]] = round(record[figure], 5)
-    for mark, values in sorted(results.items()):
-        emit({**shared, "minutes": mark, figure: values, "lowest": min(values, key=values.get)})
-
+    in_pairs("wall", names, lambda name: launch(name, args), shared, "contestant", figure)
 
 if __name__ == "__main__":
     main()

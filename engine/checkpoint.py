@@ -133,6 +133,19 @@ def saved_step(out_dir: str | Path) -> int:
     return int(load_tensors(path, what="training state")["step"]) if path.exists() else 0
 
 
+def finished(out_dir: str | Path, config: TrainConfig) -> bool:
+    """Whether the run in `out_dir` has trained all `config` asks: its steps, those its time budget fixed for a
+    cooldown schedule, or its time budget."""
+    path = Path(out_dir) / STATE_FILE
+    if not path.exists():
+        return False
+    state = load_tensors(path, what="training state")
+    fixed = state.get("fixed_steps")
+    if fixed is not None:
+        return int(state["step"]) >= int(fixed)
+    return int(state["step"]) >= config.steps or 0 < config.max_seconds <= float(state["elapsed"])
+
+
 def start_run(directory: Path, model: Pretrained, config: TrainConfig) -> None:
     """A new run's config.json and train_config.json: what a resume is checked against."""
     write_config(directory, model.kind, model.config, model.version)
@@ -155,10 +168,12 @@ def check_same_run(directory: Path, model: Pretrained, config: TrainConfig) -> N
 
 
 class Progress(NamedTuple):
-    """How far a saved run got: optimizer steps, and the seconds its training steps took."""
+    """How far a saved run got: optimizer steps, the seconds its training steps took, and the steps a time
+    budget fixed for a cooldown schedule once its cool-down began (None before, or without one)."""
 
     step: int
     elapsed: float
+    fixed_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +195,8 @@ class TrainingState:
         """state.pt first (all a resume needs), then model.safetensors + config.json for from_pretrained."""
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict(), "step": progress.step, "elapsed": progress.elapsed}
+        if progress.fixed_steps is not None:
+            state["fixed_steps"] = progress.fixed_steps
         if self.average is not None:
             state["average"] = self.average.state_dict()
         save_tensors(directory / STATE_FILE, state)
@@ -199,4 +216,5 @@ class TrainingState:
             raise VQGenError(f"{path} holds optimizer or weight-average state this model "
                              f"cannot take ({type(err).__name__}), as from an older vqgen; its weights load, "
                              "but training cannot resume there: train into a new --out") from None
-        return Progress(int(state["step"]), float(state["elapsed"]))
+        fixed = state.get("fixed_steps")
+        return Progress(int(state["step"]), float(state["elapsed"]), None if fixed is None else int(fixed))

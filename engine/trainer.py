@@ -77,6 +77,7 @@ class Trainer:
         self.state = TrainingState(unwrap(self.model), optimizer, scaler, average)  # what state.pt holds
         self.step = 0
         self.elapsed = 0.0
+        self.fixed_steps: int | None = None  # the steps a time budget chose for a cooldown schedule
 
     def before_update(self) -> None:
         """Called at every step between the forward pass and the optimizer update; does nothing here.
@@ -101,11 +102,13 @@ class Trainer:
                 start_run(self.out_dir, model, self._as_run())
             return
         check_same_run(self.out_dir, model, self._as_run())
-        self.step, self.elapsed = self.state.load(self.out_dir)
+        self.step, self.elapsed, fixed = self.state.load(self.out_dir)
+        if fixed is not None:
+            self._fix_steps(fixed)
         self.log.truncate_after(self.step)
 
     def _save(self) -> None:
-        on_main(self.ctx, lambda: self.state.save(self.out_dir, Progress(self.step, self.elapsed)))
+        on_main(self.ctx, lambda: self.state.save(self.out_dir, Progress(self.step, self.elapsed, self.fixed_steps)))
 
     # ---- the loop ----------------------------------------------------------------------------
     def _wrap(self) -> nn.Module:
@@ -197,12 +200,13 @@ class Trainer:
                     self._log_setup(batch, first - 1, window)
                 bar.update(1)
                 stop, time_up = self._stop_requested(signals, window)
+                self._plan_cooldown(window, bar)
                 evaluation = self._after_step(model, window, bar, extra, stop, time_up) or evaluation
                 if stop:
                     raise Interrupted(f"stopped by signal {signals.received} at step {self.step}; checkpoint "
                                       f"saved in {self.out_dir}, run the same command to resume",
                                       signals.received or signal.SIGTERM)
-                if time_up:
+                if time_up or self.step >= self.config.steps:
                     break
         if self.step < self.config.steps and not time_up:
             raise VQGenError("training ended early: the data loader ran dry")
@@ -246,9 +250,36 @@ class Trainer:
             return step_flops(self.model, lambda twin: self.task.step(twin, batch, self.device).loss)
 
     def _time_up(self, window: MetricsWindow | None) -> bool:
-        """Whether the saved training seconds, plus those of the open window, reach `max_seconds`."""
+        """Whether the saved training seconds, plus those of the open window, reach `max_seconds` (never once
+        the budget has fixed the steps: the cool-down it chose runs to its end)."""
         seconds = self.elapsed + (0.0 if window is None else window.seconds())
-        return self.config.max_seconds > 0 and seconds >= self.config.max_seconds
+        return self.config.max_seconds > 0 and seconds >= self.config.max_seconds and self.fixed_steps is None
+
+    def _plan_cooldown(self, window: MetricsWindow, bar: tqdm) -> None:
+        """Under a time budget, a cooldown schedule's length is the steps the budget reaches at the rate so
+        far; it is fixed once the step reached is that length's cool-down start, so the decay ends where the
+        budget does, and until then the rate is constant whatever the length (TrainConfig.lr_at). Under
+        torchrun the ranks agree on the lowest estimate at log steps."""
+        config = self.config
+        if config.schedule != "cooldown" or not config.max_seconds or self.fixed_steps is not None:
+            return
+        if self.ctx.enabled and self.step % config.log_every:
+            return
+        seconds = self.elapsed + window.seconds()
+        reach = self.step + (config.max_seconds - seconds) * self.step / max(seconds, 1e-9)
+        if self.ctx.enabled:
+            shared = torch.tensor([reach], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MIN)
+            reach = float(shared)
+        steps = max(self.step, min(config.steps, round(reach)))
+        if self.step >= config.cooldown_start(steps):
+            self._fix_steps(steps)
+            bar.total = steps
+            bar.refresh()
+
+    def _fix_steps(self, steps: int) -> None:
+        self.fixed_steps = steps
+        self.config = replace(self.config, steps=steps)
 
     def _stop_requested(self, signals: StopSignals, window: MetricsWindow) -> tuple[bool, bool]:
         """(a signal asked to stop, the time budget is spent); under torchrun every rank learns either

@@ -205,6 +205,15 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="default", choices=sorted(RUN_PRESETS),
                    help="quick (a smoke run, without eval), default (minutes on a 2-core CPU: docs/performance.md), paper (GPU sizes); "
                         "each sized for the data (image channels and size, number of images)")
+    sized = p.add_mutually_exclusive_group()
+    sized.add_argument("--minutes", type=float, metavar="M",
+                       help="size the run in wall time rather than steps: the VQ-VAE trains for the preset's share of M, "
+                            "the prior for what the stages after it leave, measured on this machine; each stage's "
+                            "--steps is then a cap (default: the preset's, minutes for color images in --preset "
+                            "default; docs/performance.md)")
+    sized.add_argument("--steps-of", type=Path, metavar="RUN",
+                       help="train each stage exactly the steps the finished run RUN took (its report.json), with no "
+                            "time budget: a run sized by --minutes, repeated to the digit here or on another machine")
     p.add_argument("--samples", type=_positive("--samples"), help="images to sample (a row per class)")
     add_config_options(p, SamplingOptions, title="the run's sample grid (each option left out is the one eval "
                        "chooses, or without eval)", default_text="without eval")

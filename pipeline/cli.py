@@ -168,11 +168,13 @@ def _export_model(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
+    from vqgen.pipeline.budget import steps_of
     from vqgen.pipeline.run import RunSpec, run
 
     shape = data_shape(args.data, args.data_root, args.download, args.image_size, index_dir=args.out)
     preset = RUN_PRESETS[args.preset](shape)  # sized for the data (pipeline/presets.py)
-    spec = RunSpec.from_preset(preset, args.data, args.data_root, args.image_size)
+    spec = RunSpec.from_preset(preset, args.data, args.data_root, args.image_size, minutes=args.minutes,
+                               steps=steps_of(args.steps_of) if args.steps_of else None)
     shared = config_from_args(args, spec.vqvae_train, tensorboard=None)
     shared_values = {name: getattr(shared, name) for name in fields_where(TrainConfig, shared=True)}
     with flags_named(SamplingOptions):

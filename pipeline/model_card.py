@@ -54,13 +54,15 @@ def _data(spec: RunSpec, manifest: dict[str, Any]) -> list[str]:
             + (f", and their {images:,} horizontal mirror images" if spec.flip else "") + "."]
 
 
-def _training(config: TrainConfig, stage: dict[str, Any]) -> str:
+def _training(config: TrainConfig, stage: dict[str, Any], minutes: float | None) -> str:
     """Steps, batch and learning rate of a stage. The steps are those of its last training record in
-    report.json, the state its figures measure, which a time budget (max_seconds) may have stopped short of
-    the steps configured."""
+    report.json, the state its figures measure, which a time budget (max_seconds, or the run's minutes) may
+    have stopped short of the steps configured."""
     trained = stage["train"]["step"]
     steps = f"{trained:,} step{'' if trained == 1 else 's'}"
-    if trained < config.steps:
+    if minutes is not None:
+        steps += f" (its share of a {minutes:g}-minute run)"
+    elif trained < config.steps:
         budget = f"time budget of {config.max_seconds:g} s; " if config.max_seconds else ""
         steps += f" ({budget}{config.steps:,} configured)"
     return f"{steps}, batch {config.batch_size}, lr {config.lr:g}"
@@ -71,10 +73,10 @@ def _models(spec: RunSpec, report: dict[str, Any], vqvae: VQVAEConfig, prior: Pr
             "| stage | architecture | training |", "|---|---|---|",
             f"| VQ-VAE | {vqvae.downsamples} downsamplings, hidden {vqvae.hidden}, {vqvae.res_blocks} residual blocks, "
             f"K={vqvae.codebook_size} codes of D={vqvae.code_dim} ({vqvae.quantizer} quantizer), "
-            f"{vqvae.grid[0]}x{vqvae.grid[1]} code grid | {_training(spec.vqvae_train, report['vqvae'])} |",
+            f"{vqvae.grid[0]}x{vqvae.grid[1]} code grid | {_training(spec.vqvae_train, report['vqvae'], spec.minutes)} |",
             f"| gated PixelCNN prior | {prior.layers} layers of {prior.channels} channels, "
             f"{prior.num_classes or 'no'} classes, label dropout {prior.label_dropout:g} | "
-            f"{_training(spec.prior_train, report['prior'])}, weight average {spec.prior_train.ema:g} |"]
+            f"{_training(spec.prior_train, report['prior'], spec.minutes)}, weight average {spec.prior_train.ema:g} |"]
 
 
 def _score_row(name: str, scores: dict[str, Any], floor: float) -> str:

@@ -41,6 +41,8 @@ class RunPreset:
     eval_images: int = 2000
     evaluate: bool = True  # run `vqgen eval` at the end
     flip: bool = False     # train both stages on the mirror images too (data/images.py, Mirrored)
+    minutes: float | None = None  # a run sized in wall time (pipeline/budget.py); None: in the steps above
+    vqvae_share: float = 0.15     # of the minutes, the VQ-VAE's training time
 
 
 def downsamples(shape: DataShape, color_grid: int = COLOR_GRID) -> int:

@@ -38,8 +38,10 @@ def _trained_config(directory: Path) -> dict[str, Any]:
     return {k: v for k, v in read_json(directory / CONFIG_FILE).items() if k not in ("kind", "version")}
 
 
-def write_report(out: Path, spec: dict[str, Any], timings: dict[str, float],
-                 exports: dict[str, dict[str, float]], likelihood: dict[str, Any]) -> dict[str, Any]:
+def write_report(out: Path, spec: dict[str, Any], timings: dict[str, float], exports: dict[str, dict[str, float]],
+                 likelihood: dict[str, Any], steps: dict[str, int], budget: dict[str, Any] | None) -> dict[str, Any]:
+    """`steps`: what each training stage took (`vqgen run --steps-of` trains exactly those); `budget`: the plan
+    of a run sized in minutes (pipeline/budget.py), None for one sized in steps."""
     vqvae = read_metrics(out / "vqvae" / "metrics.jsonl")
     prior = read_metrics(out / "prior" / "metrics.jsonl")
     previous = read_json(out / "report.json") if (out / "report.json").exists() else {}
@@ -52,7 +54,9 @@ def write_report(out: Path, spec: dict[str, Any], timings: dict[str, float],
         "likelihood": likelihood,
         "samples": {"grid": "samples/grid.png", "codes": "samples/codes.npy"},
         "eval": read_json(out / EVAL_FILE) if (out / EVAL_FILE).exists() else None,
+        "steps": steps,
         "timings_s": {**timings, "total": sum(timings.values())},
+        "budget": budget,
         "config": {**spec, "vqvae": _trained_config(out / "vqvae"), "prior": _trained_config(out / "prior")},
         "machine": machine(),
     }

@@ -25,11 +25,13 @@ from PIL import Image
 
 from vqgen.data.images import BatchedImages, Mirrored
 from vqgen.data.latents import MANIFEST, read_manifest
-from vqgen.engine.checkpoint import saved_step, weights_path
+from vqgen.engine.checkpoint import finished, saved_step, weights_path
 from vqgen.engine.distributed import Dist, barrier, on_main, process_device
 from vqgen.engine.files import read_json, write_json
 from vqgen.engine.locks import directory_lock
 from vqgen.engine.tensorboard import TENSORBOARD_DIR, open_sink, require_tensorboard, sub_run
+from vqgen.engine.train_config import TrainConfig
+from vqgen.pipeline.budget import BUDGET_FILE, plan_prior, prior_budget, steps_taken, vqvae_seconds
 from vqgen.pipeline.evaluation.evaluate import evaluate_run
 from vqgen.pipeline.evaluation.held_out import check_evaluable
 from vqgen.pipeline.evaluation.judge import Judge, train_judge
@@ -49,11 +51,12 @@ SAMPLE_GRID = Path("samples") / "grid.png"  # written last by the sample stage
 
 
 class Timings:
-    """Wall seconds per stage, accumulated across interrupted and resumed invocations (written by rank 0)."""
+    """Wall seconds per stage, accumulated across interrupted and resumed invocations (written by rank 0;
+    nowhere when `path` is None)."""
 
-    def __init__(self, path: Path, enabled: bool = True) -> None:
-        self.path, self.enabled = path, enabled
-        self.seconds: dict[str, float] = read_json(path) if path.exists() else {}
+    def __init__(self, path: Path | None, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled and path is not None
+        self.seconds: dict[str, float] = read_json(path) if path is not None and path.exists() else {}
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -61,9 +64,12 @@ class Timings:
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-            if self.enabled:
-                write_json(self.path, self.seconds)
+            self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        if self.enabled:
+            write_json(self.path, self.seconds)
 
 
 @dataclass
@@ -83,10 +89,23 @@ class Run:
     exports: dict[str, dict[str, float]] = field(default_factory=lambda: {"train": {}, "test": {}})
     judge: tuple[Judge, float] | None = None
     likelihood: dict[str, Any] = field(default_factory=dict)
+    timings: Timings = field(default_factory=lambda: Timings(None))
 
     def __post_init__(self) -> None:
         """What both stages learn from: the train split, and its mirror images with `flip`."""
         self.trained = Mirrored(self.train_images) if self.spec.flip else self.train_images
+
+    def vqvae_train(self) -> TrainConfig:
+        """The VQ-VAE's options as this run trains them: under --minutes, its share of them as a time budget."""
+        if self.spec.minutes is None:
+            return self.spec.vqvae_train
+        return replace(self.spec.vqvae_train, max_seconds=vqvae_seconds(self.spec.minutes, self.spec.vqvae_share))
+
+    def prior_train(self) -> TrainConfig:
+        """The prior's options as this run trains them: under --minutes, what is left of them (pipeline/budget.py)."""
+        if self.spec.minutes is None:
+            return self.spec.prior_train
+        return replace(self.spec.prior_train, max_seconds=prior_budget(self)["prior_s"])
 
 
 @dataclass(frozen=True)
@@ -124,12 +143,12 @@ def _export(split: str) -> Callable[[Run], None]:
 
 
 def _train_vqvae(run: Run) -> None:
-    train_vqvae(run.spec.vqvae, run.spec.vqvae_train, run.trained, run.test_images, run.out / "vqvae",
+    train_vqvae(run.spec.vqvae, run.vqvae_train(), run.trained, run.test_images, run.out / "vqvae",
                 eval_images=run.spec.eval_images, progress=run.progress)
 
 
 def _train_prior(run: Run) -> None:
-    train_prior(run.spec.prior, run.spec.prior_train, run.out / "latents" / "train", run.out / "latents" / "test",
+    train_prior(run.spec.prior, run.prior_train(), run.out / "latents" / "train", run.out / "latents" / "test",
                 run.out / "prior", eval_grids=run.spec.eval_images, progress=run.progress)
 
 
@@ -163,12 +182,14 @@ def _likelihood(run: Run) -> None:
                                   run.test_images, spec.eval_images, spec.prior_train.seed)
 
 
-STAGES = (
-    Stage("vqvae", lambda run: saved_step(run.out / "vqvae") >= run.spec.vqvae_train.steps, _train_vqvae),
+STAGES = (  # the judge before the prior: a run sized in minutes plans the prior's time by the judge's
+    Stage("vqvae", lambda run: finished(run.out / "vqvae", run.vqvae_train()), _train_vqvae),
     Stage("export_train", _exported("train"), _export("train")),
     Stage("export_test", _exported("test"), _export("test")),
-    Stage("prior", lambda run: saved_step(run.out / "prior") >= run.spec.prior_train.steps, _train_prior),
     Stage("judge", _evaluated, _train_judge),
+    Stage("budget", lambda run: run.spec.minutes is None or (run.out / BUDGET_FILE).exists(), plan_prior,
+          main_only=True),
+    Stage("prior", lambda run: finished(run.out / "prior", run.prior_train()), _train_prior),
     Stage("eval", _evaluated, _evaluate),
     Stage("sample", lambda run: (run.out / SAMPLE_GRID).exists(), _sample, main_only=True),
     Stage("likelihood", lambda run: False, _likelihood, main_only=True),  # the report's figure, each invocation
@@ -197,21 +218,23 @@ def run(spec: RunSpec, out: str | Path, download: bool = False, progress: bool =
     spec = with_tensorboard(spec, boards)  # fails at once without the package
     ctx, device = process_device(spec.vqvae_train.device)
     with directory_lock(out, ctx):
+        started = time.perf_counter()
         state = _start(spec, out, ctx, device, download, progress, evaluation, boards, stream)
-        timings = Timings(out / "timings.json", enabled=ctx.is_main)
+        state.timings.add("setup", time.perf_counter() - started)  # data opened, spec checked: part of the minutes
         for stage in STAGES:
-            _run_stage(stage, state, timings)
-        report = on_main(ctx, lambda: write_report(out, state.spec.to_json(), timings.seconds, state.exports,
-                                                   state.likelihood))
+            _run_stage(stage, state)
+        budget = read_json(out / BUDGET_FILE) if (out / BUDGET_FILE).exists() else None
+        report = on_main(ctx, lambda: write_report(out, state.spec.to_json(), state.timings.seconds, state.exports,
+                                                   state.likelihood, steps_taken(out), budget))
     return report if ctx.is_main else {}
 
 
-def _run_stage(stage: Stage, state: Run, timings: Timings) -> None:
+def _run_stage(stage: Stage, state: Run) -> None:
     """Run `stage` unless its marker is there; a main_only stage's check and work on rank 0 alone (what it
     hands on, such as the likelihood, only rank 0's report reads)."""
     def work() -> None:
         if not stage.done(state):
-            with timings.stage(stage.name):
+            with state.timings.stage(stage.name):
                 stage.run(state)
     if stage.main_only:
         on_main(state.ctx, work)
@@ -231,7 +254,8 @@ def _start(spec: RunSpec, out: Path, ctx: Dist, device: torch.device, download: 
     if evaluation is not None:
         check_evaluable(test_images, evaluation.n_per_class)
     on_main(ctx, lambda: claim_run_dir(out, spec))
-    return Run(spec, out, ctx, device, train_images, test_images, progress, evaluation, boards)
+    return Run(spec, out, ctx, device, train_images, test_images, progress, evaluation, boards,
+               timings=Timings(out / "timings.json", enabled=ctx.is_main))
 
 
 def _check_grid_options(spec: RunSpec, classes: int) -> None:
@@ -254,6 +278,6 @@ def sample_run(out: Path, spec: RunSpec, progress: bool, tensorboard: str | None
     else:
         samples = generator.sample(spec.samples, seed=seed, progress=progress, **spec.sampling)
         save_samples(samples, samples_dir, nrow=10)
-    step = spec.prior_train.steps
+    step = saved_step(out / "prior")
     with open_sink(tensorboard, "samples", step) as sink, Image.open(samples_dir / "grid.png") as picture:
         sink.image("grid", picture, step)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from vqgen.data.images import BatchedImages, data_shape, open_dataset
 from vqgen.engine.configs import config_from_dict, fields_where
-from vqgen.engine.errors import VQGenError
+from vqgen.engine.errors import UsageError, VQGenError
 from vqgen.engine.files import read_json, write_json
 from vqgen.pipeline.presets import RUN_PRESETS, RunPreset
 from vqgen.engine.train_config import TrainConfig
@@ -17,6 +17,7 @@ from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.sampling import SamplingOptions
 
 RUN_FILE = "run.json"
+UNCAPPED = 10**9  # the steps of a stage sized in minutes
 
 
 @dataclass(frozen=True)
@@ -34,21 +35,37 @@ class RunSpec:
     samples: int = 100
     sampling: dict[str, Any] = field(default_factory=dict)  # the sample grid's options that replace eval's choice
     flip: bool = False  # both stages train on the train split and its mirror images
+    minutes: float | None = None  # the run's wall time, which sizes its stages (pipeline/budget.py); None: steps
+    vqvae_share: float = 0.15  # of `minutes`, the VQ-VAE's training time
 
     def __post_init__(self) -> None:
         SamplingOptions(**self.sampling)  # unknown or bad options, named, before any work
+        if self.minutes is not None and not self.minutes > 0:
+            raise UsageError(f"--minutes {self.minutes:g} is not allowed; must be > 0")
+        if not 0 < self.vqvae_share < 1:
+            raise UsageError(f"vqvae_share={self.vqvae_share:g} is not allowed; must be in (0, 1)")
 
     @classmethod
     def from_preset(cls, preset: str | RunPreset = "default", data: str = "builtin", data_root: str | None = None,
-                    image_size: int | None = None, download: bool = False,
-                    index_dir: Path | None = None) -> "RunSpec":
+                    image_size: int | None = None, download: bool = False, index_dir: Path | None = None,
+                    minutes: float | None = None, steps: dict[str, int] | None = None) -> "RunSpec":
         """What `vqgen run --preset PRESET --data DATA` runs before its other flags: the preset (a name in
-        RUN_PRESETS, or one sized already) sized for the data by pipeline/presets.py's rule."""
+        RUN_PRESETS, or one sized already) sized for the data by pipeline/presets.py's rule, for `minutes`
+        (default: the preset's own, if it states minutes), or for the `steps` of each training stage
+        (`--steps-of`: {"vqvae": n, "prior": m}, no time budget). Sized in minutes, the stages' steps
+        are a cap no run reaches (a --steps flag given after sets one)."""
         if isinstance(preset, str):
             preset = RUN_PRESETS[preset](data_shape(data, data_root, download, image_size, index_dir=index_dir))
-        return cls(data=data, data_root=data_root, image_size=image_size, vqvae=preset.vqvae,
-                   vqvae_train=preset.vqvae_train, prior=preset.prior, prior_train=preset.prior_train,
-                   eval_images=preset.eval_images, flip=preset.flip)
+        vqvae_train, prior_train = preset.vqvae_train, preset.prior_train
+        minutes = None if steps else minutes or preset.minutes
+        if steps:
+            vqvae_train, prior_train = (replace(vqvae_train, steps=steps["vqvae"], max_seconds=0.0),
+                                        replace(prior_train, steps=steps["prior"], max_seconds=0.0))
+        elif minutes:
+            vqvae_train, prior_train = (replace(vqvae_train, steps=UNCAPPED), replace(prior_train, steps=UNCAPPED))
+        return cls(data=data, data_root=data_root, image_size=image_size, vqvae=preset.vqvae, vqvae_train=vqvae_train,
+                   prior=preset.prior, prior_train=prior_train, eval_images=preset.eval_images, flip=preset.flip,
+                   minutes=minutes, vqvae_share=preset.vqvae_share)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from vqgen.data.images import BatchedImages
+from vqgen.engine.checkpoint import saved_step
 from vqgen.engine.distributed import on_main, process_device
 from vqgen.engine.files import write_json
 from vqgen.engine.locks import directory_lock
@@ -77,7 +78,7 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
 
             report = on_main(ctx, score_and_save)
     if ctx.is_main and tensorboard is not None:
-        report.show(out / "eval", sub_run(tensorboard, "eval"), spec.prior_train.steps)
+        report.show(out / "eval", sub_run(tensorboard, "eval"), saved_step(out / "prior"))
     return report
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -25,6 +25,33 @@ from vqgen.stage2_prior.sampling import SamplingOptions
 SHARES = (4, 2, 1)   # the rounds draw n/4, n/2 and n samples of each setting left
 KEEP = 3             # each screening round keeps the best third
 SCREEN_IMAGES = 100  # the fewest samples a screening round judges a setting by
+
+
+def round_sizes(per_group: int, groups: int) -> list[int]:
+    """Samples per class of each round: the shares of n that judge by enough samples, then n."""
+    shares = sorted({max(1, per_group // share) for share in SHARES})[:-1]
+    return [size for size in shares if size * groups >= SCREEN_IMAGES] + [per_group]
+
+
+def later_rounds(sizes: list[int], settings: int) -> Iterator[tuple[int, int, int]]:
+    """(round, samples per class, settings kept) of each round after the first, for `settings` scored in it:
+    the best third while more than KEEP are left; a round below n with no more to drop is skipped."""
+    for round_, size in enumerate(sizes[1:], 1):
+        if settings > KEEP:
+            settings = math.ceil(settings / KEEP)
+        elif size < sizes[-1]:
+            continue
+        yield round_, size, settings
+
+
+def planned_samples(ladder: int, around: int, per_group: int, groups: int) -> int:
+    """Samples per class the search draws for `ladder` settings and `around` more (new ones, topped up
+    later), the chosen setting's fresh draw included: what a run sized in minutes plans eval's time by."""
+    sizes = round_sizes(per_group, groups)
+    drawn, previous, settings = (ladder + around) * sizes[0], sizes[0], ladder + around
+    for _, size, kept in later_rounds(sizes, settings):
+        drawn, previous = drawn + kept * (size - previous), size
+    return drawn + per_group
 
 
 class Selection(NamedTuple):
@@ -43,25 +70,16 @@ class SuccessiveHalving:
         self.scored: list[Scored] = []
         self.bar = tqdm(desc="eval samples", unit="setting", disable=not progress)
 
-    def sizes(self) -> list[int]:
-        """Samples per class of each round: the shares of n that judge by enough samples, then n."""
-        rows = self.scorer.rows
-        shares = sorted({max(1, rows.per_group // share) for share in SHARES})[:-1]
-        return [size for size in shares if size * rows.groups >= SCREEN_IMAGES] + [rows.per_group]
-
     def run(self, ladder: list[SamplingOptions],
             around: Callable[[SamplingOptions], list[SamplingOptions]]) -> Selection:
         """Round 0 scores `ladder`, then `around` its best; each later round keeps the best third while more
         than KEEP settings are left, tops them up to its size and scores them."""
-        sizes, full = self.sizes(), self.scorer.rows.per_group
+        sizes = round_sizes(self.scorer.rows.per_group, self.scorer.rows.groups)
         self._round(ladder, 0, sizes[0])
         candidates = ladder + [s for s in around(self._best(ladder)) if s not in ladder]
         self._round(candidates[len(ladder):], 0, sizes[0])
-        for round_, size in enumerate(sizes[1:], 1):
-            if len(candidates) > KEEP:
-                candidates = sorted(candidates, key=self.frechet.__getitem__)[:math.ceil(len(candidates) / KEEP)]
-            elif size < full:
-                continue
+        for round_, size, kept in later_rounds(sizes, len(candidates)):
+            candidates = sorted(candidates, key=self.frechet.__getitem__)[:kept]
             self._round(candidates, round_, size)
         self.bar.close()
         chosen = self._best(candidates)

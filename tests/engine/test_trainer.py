@@ -236,3 +236,38 @@ def test_published_vqvae_carries_the_averaged_ema_codebook(tmp_path: Path) -> No
         reference = averaged if value.is_floating_point() else live
         assert torch.equal(value, reference[key]), key
     assert bool(published.quantizer.initialized)  # the live flag: k-means ran, it must not run again
+
+
+def test_the_cooldown_schedule_holds_the_rate_then_decays_over_its_share() -> None:
+    config = TrainConfig(steps=100, lr=1.0, warmup=10, schedule="cooldown", cooldown=0.2)
+    rates = [config.lr_at(step) for step in range(1, 101)]
+    assert rates[9:80] == [1.0] * 71 and config.cooldown_start() == 80  # warm-up, then the full rate to step 80
+    assert all(a > b for a, b in zip(rates[80:], rates[81:])) and 0 < rates[-1] < 0.05
+    assert rates[80] == pytest.approx(1 - math.sqrt(1 / 21))
+    longer = replace(config, steps=1000)  # before a cool-down starts, no step depends on the length
+    assert [longer.lr_at(step) for step in range(1, 81)] == rates[:80]
+
+
+@pytest.mark.parametrize("other_work", [0.0, 100.0])
+def test_a_time_budget_ends_the_cooldown_where_it_ends_and_reruns_to_the_digit(
+        latents: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c_at, other_work: float
+) -> None:
+    """At one second a step, a 20-second budget fixes 20 steps when step 16 (the start of their cool-down)
+    is reached, and decays to step 20; an interrupted run resumes with the steps it fixed; the same 20
+    steps asked for outright (what `vqgen run --steps-of` asks) give the same weights, bit for bit."""
+    StepClock(monkeypatch, other_work)
+    config = replace(SMOOTH, steps=1000, schedule="cooldown", cooldown=0.2, checkpoint_every=17, eval_every=50)
+    budget = replace(config, max_seconds=20.0)
+    summary = train_prior(PriorConfig.tiny(), budget, *latents, tmp_path / "budget", progress=False)
+    state = load_tensors(tmp_path / "budget" / "state.pt")
+    assert summary["step"] == 20 and state["fixed_steps"] == 20
+    lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "budget" / "metrics.jsonl") if r["split"] == "train"}
+    assert lrs[16] == config.lr and 0 < lrs[20] < lrs[17] < config.lr
+    with ctrl_c_at(18), pytest.raises(KeyboardInterrupt):
+        train_prior(PriorConfig.tiny(), budget, *latents, tmp_path / "parts", progress=False)
+    saved = load_tensors(tmp_path / "parts" / "state.pt")  # the checkpoint of step 17, in the cool-down
+    assert saved["step"] == 17 and saved["fixed_steps"] == 20
+    assert train_prior(PriorConfig.tiny(), budget, *latents, tmp_path / "parts", progress=False)["step"] == 20
+    train_prior(PriorConfig.tiny(), replace(config, steps=20), *latents, tmp_path / "steps", progress=False)
+    runs = [load_tensors(tmp_path / d / "state.pt")["model"] for d in ("budget", "parts", "steps")]
+    assert all(torch.equal(runs[0][k], other[k]) for other in runs[1:] for k in runs[0])

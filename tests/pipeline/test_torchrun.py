@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vqgen.engine.files import load_tensors
+
 from helpers import REPO, TINY_PRIOR, TINY_RUN, TINY_VQVAE
 
 TIMEOUT = 240  # a job whose ranks wait on each other forever fails here instead of hanging the suite
@@ -104,3 +106,19 @@ def test_a_time_budget_stops_every_rank_at_the_same_step(job: tuple[Path, subpro
     records = [json.loads(line) for line in (tmp_path / "prior" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "eval"] == [3]
     assert max(r["step"] for r in records) == 3
+
+
+def test_a_run_sized_in_minutes_plans_once_and_every_rank_ends_its_cooldown_together(folder: Path,
+                                                                                       tmp_path: Path) -> None:
+    """Rank 0 plans the prior's seconds (budget.json) and both ranks train to it; the ranks agree on the steps
+    the budget reaches, so the cool-down ends at the same step on both (the job would hang otherwise)."""
+    capped = {i + k for i, a in enumerate(TINY_RUN) if a in ("--vqvae-steps", "--prior-steps") for k in (0, 1)}
+    uncapped = [a for i, a in enumerate(TINY_RUN) if i not in capped]
+    out = tmp_path / "run"
+    done = torchrun("run", "--data", folder, "--out", out, *uncapped, "--minutes", "0.5", "--prior-schedule",
+                    "cooldown", "--prior-log-every", "5")
+    assert done.returncode == 0, failure(done)
+    report = json.loads((out / "report.json").read_text())
+    assert report["budget"]["prior_s"] > 0 and report["prior"]["setup"]["processes"] == 2
+    state = load_tensors(out / "prior" / "state.pt")
+    assert int(state["fixed_steps"]) == int(state["step"]) == report["steps"]["prior"] > 5

@@ -272,3 +272,15 @@ def test_every_draw_of_an_eval_has_a_seed_of_its_own() -> None:
     seeds = Seeds(SEED)
     draws = [seeds.first_draw, seeds.fresh, seeds.classification_score] + [seeds.top_up(r) for r in (1, 2, 3)]
     assert len(set(draws)) == len(draws) and seeds.first_draw == seeds.rows == SEED
+
+
+@pytest.mark.parametrize("per_group, screen", [(8, 100), (8, 12), (12, 9), (10, 6), (8, 6)])
+def test_the_planned_samples_are_those_the_search_draws(search: Search, monkeypatch: pytest.MonkeyPatch,
+                                                        per_group: int, screen: int) -> None:
+    """What a run sized in minutes plans eval's time by (pipeline/budget.py): every sample the search draws,
+    and the chosen setting's fresh draw of n."""
+    monkeypatch.setattr(selection, "SCREEN_IMAGES", screen)
+    scorer = search(per_group, LADDER).scorer
+    new_around = len(around(LADDER[0])) - 1  # around() holds the ladder's best
+    drawn = sum(d.per_group for d in scorer.draws)
+    assert selection.planned_samples(len(LADDER), new_around, per_group, len(CLASSES)) == drawn + per_group

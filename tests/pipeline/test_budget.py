@@ -1,0 +1,109 @@
+"""A run sized in minutes (pipeline/budget.py) on a step clock: every training step costs one second, export,
+sampling and likelihood a known number each, so how the minutes are split can be checked to the second."""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import vqgen.engine.metrics_log as metrics_log
+import vqgen.pipeline.budget as budget
+import vqgen.pipeline.run as run_module
+from vqgen.engine.files import load_safetensors
+from vqgen.engine.trainer import Trainer
+from vqgen.pipeline.generate import Generator
+
+from helpers import vqgen
+
+TINY = ["--preset", "quick", "--device", "cpu", "--no-eval", "--vqvae-batch-size", "8", "--vqvae-hidden", "8",
+        "--vqvae-res-hidden", "4", "--vqvae-checkpoint-every", "2", "--prior-batch-size", "8", "--prior-channels", "8",
+        "--prior-layers", "2", "--prior-checkpoint-every", "2", "--prior-schedule", "cooldown", "--samples", "4"]
+EXPORT_S, GRID_S, IMAGE_S = 5.0, 0.25, 0.01  # the clock's cost of an export, a sampled grid, an image's likelihood
+
+
+class RunClock:
+    """One clock for the trainer, the run's stage timings and the budget's measurements."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 0.0
+        clock = types.SimpleNamespace(perf_counter=lambda: self.now)
+        for module in (metrics_log, run_module, budget):
+            monkeypatch.setattr(module, "time", clock)
+        self.costs(monkeypatch, Trainer, "before_update", lambda *a, **k: 1.0)
+        self.costs(monkeypatch, run_module, "export_latents", lambda *a, **k: EXPORT_S)
+        self.costs(monkeypatch, Generator, "sample", lambda self_, n, *a, **k: GRID_S * n)
+        for module in (run_module, budget):
+            self.costs(monkeypatch, module, "bits_per_dim", lambda *a, **k: IMAGE_S * min(a[4], len(a[3])))
+
+    def costs(self, monkeypatch: pytest.MonkeyPatch, owner: object, name: str, seconds: object) -> None:
+        real = getattr(owner, name)
+
+        def timed(*args: object, **kwargs: object) -> object:
+            result = real(*args, **kwargs)
+            self.now += seconds(*args, **kwargs)
+            return result
+
+        monkeypatch.setattr(owner, name, timed)
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return {f"{stage}.{k}": v for stage in ("vqvae", "prior")
+            for k, v in load_safetensors(out / stage / "model.safetensors").items()}
+
+
+def test_a_run_in_minutes_splits_them_ends_on_time_and_reruns_to_the_digit(
+        tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c_at) -> None:
+    """One minute: the VQ-VAE trains its 15% (9 s, 9 steps); the exports take 10 s; the prior is planned at
+    its start from the sample grid's 4 grids (1 s) and the 16 test images' likelihood (0.16 s), measured on
+    a probe of as many (1.16 s), so it gets 60 * 0.97 - 20.16 - 1.16 = 36.88 s, 37 steps whose cool-down
+    ends at the last; the run ends within a step of its 58.2 s. `--steps-of` trains the same steps without a
+    clock and gives the same weights, as does a run interrupted in the prior and resumed."""
+    clock = RunClock(monkeypatch)
+    out = tmp_path / "minutes"
+    assert vqgen("run", "--data", folder, "--out", out, "--minutes", "1", *TINY) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == {"vqvae": 9, "prior": 37}
+    plan = report["budget"]
+    after = {"sampling": 4 * GRID_S, "likelihood": 16 * IMAGE_S}
+    assert plan["after_prior_s"] == pytest.approx(after)
+    assert plan["spent_before_prior_s"] == pytest.approx(9 + 2 * EXPORT_S + sum(after.values()))
+    assert plan["prior_s"] == pytest.approx(60 * (1 - budget.MARGIN) - plan["spent_before_prior_s"] - sum(after.values()))
+    assert abs(clock.now - 60 * (1 - budget.MARGIN)) <= 1.0
+    assert report["timings_s"]["total"] == pytest.approx(clock.now)
+    lrs = [r["lr"] for r in map(json.loads, (out / "prior" / "metrics.jsonl").read_text().splitlines())
+           if r["split"] == "train"]
+    assert lrs[-1] < 0.2 * lrs[0]  # decayed by the last step
+
+    again = tmp_path / "steps"
+    assert vqgen("run", "--data", folder, "--out", again, "--steps-of", out, *TINY) == 0
+    assert json.loads((again / "report.json").read_text())["budget"] is None
+    interrupted = tmp_path / "interrupted"
+    with ctrl_c_at(20, model="GatedPixelCNN"):
+        assert vqgen("run", "--data", folder, "--out", interrupted, "--minutes", "1", *TINY) == 130
+    assert vqgen("run", "--data", folder, "--out", interrupted, "--minutes", "1", *TINY) == 0
+    assert json.loads((interrupted / "budget.json").read_text())["prior_s"] == pytest.approx(plan["prior_s"])
+    assert json.loads((interrupted / "report.json").read_text())["steps"] == report["steps"]
+    for other in (again, interrupted):
+        theirs, mine = weights(other), weights(out)
+        assert theirs.keys() == mine.keys() and all(torch.equal(theirs[k], mine[k]) for k in mine)
+
+
+def test_too_few_minutes_are_refused_before_the_prior(tmp_path: Path, folder: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    RunClock(monkeypatch)
+    assert vqgen("run", "--data", folder, "--out", tmp_path / "run", "--minutes", "0.25", *TINY) == 1
+    assert "--minutes 0.25 leaves the prior" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "prior").exists()
+
+
+def test_steps_of_a_run_without_steps_is_one_line(tmp_path: Path, folder: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "report.json").write_text(json.dumps({"vqvae": {}}))
+    assert vqgen("run", "--data", folder, "--out", tmp_path / "run", "--steps-of", tmp_path / "old", *TINY) == 1
+    assert "records no steps of a finished run" in capsys.readouterr().err
