@@ -181,8 +181,8 @@ class Trainer:
         window = MetricsWindow(self.device)
         signals = StopSignals()
         self.sink = open_sink(self.config.tensorboard if self.ctx.is_main else None, kind, self.step + 1)
-        bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.progress,
-                   desc=f"train {kind}", dynamic_ncols=True)
+        steps = None if self.config.max_seconds and self.fixed_steps is None else self.config.steps  # unknown yet
+        bar = tqdm(total=steps, initial=self.step, disable=not self.progress, desc=f"train {kind}", dynamic_ncols=True)
         time_up = self._time_up(None)  # the budget a resumed run has already spent
         with signals.installed(), bar, self.sink:
             for batch in ([] if time_up else self._batches()):

@@ -209,8 +209,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     sized.add_argument("--minutes", type=float, metavar="M",
                        help="size the run in wall time rather than steps: the VQ-VAE trains for the preset's share of M, "
                             "the prior for what the stages after it leave, measured on this machine; each stage's "
-                            "--steps is then a cap (default: the preset's, minutes for color images in --preset "
-                            "default; docs/performance.md)")
+                            "--steps is then a cap (default: the preset's steps; 0: the same)")
     sized.add_argument("--steps-of", type=Path, metavar="RUN",
                        help="train each stage exactly the steps the finished run RUN took (its report.json), with no "
                             "time budget: a run sized by --minutes, repeated to the digit here or on another machine")

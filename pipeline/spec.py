@@ -51,13 +51,13 @@ class RunSpec:
                     minutes: float | None = None, steps: dict[str, int] | None = None) -> "RunSpec":
         """What `vqgen run --preset PRESET --data DATA` runs before its other flags: the preset (a name in
         RUN_PRESETS, or one sized already) sized for the data by pipeline/presets.py's rule, for `minutes`
-        (default: the preset's own, if it states minutes), or for the `steps` of each training stage
+        (default: the preset's own, if it states minutes; 0: its steps), or for the `steps` of each training stage
         (`--steps-of`: {"vqvae": n, "prior": m}, no time budget). Sized in minutes, the stages' steps
         are a cap no run reaches (a --steps flag given after sets one)."""
         if isinstance(preset, str):
             preset = RUN_PRESETS[preset](data_shape(data, data_root, download, image_size, index_dir=index_dir))
         vqvae_train, prior_train = preset.vqvae_train, preset.prior_train
-        minutes = None if steps else minutes or preset.minutes
+        minutes = None if steps or minutes == 0 else minutes or preset.minutes  # 0: the preset's steps
         if steps:
             vqvae_train, prior_train = (replace(vqvae_train, steps=steps["vqvae"], max_seconds=0.0),
                                         replace(prior_train, steps=steps["prior"], max_seconds=0.0))

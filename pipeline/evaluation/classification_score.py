@@ -78,6 +78,11 @@ def _real_dir(out_dir: Path, rows: list[int]) -> Path:
     return real_dir
 
 
+def cas_images(classes: int) -> int:
+    """The images of each training set: CAS_IMAGES, rounded up to a whole number of each class."""
+    return math.ceil(CAS_IMAGES / classes) * classes
+
+
 def classification_accuracy_score(generator: Generator, options: SamplingOptions, train: BatchedImages,
                                   test: BatchedImages, out_dir: Path, seed: int, device: str = "auto",
                                   progress: bool = True,
@@ -87,8 +92,7 @@ def classification_accuracy_score(generator: Generator, options: SamplingOptions
     test split; `images`: the size of each training set. `drawn`: (images, labels) sampled with `options`
     already, of which the first of each class count towards its share."""
     classes = generator.num_classes
-    count = math.ceil(CAS_IMAGES / classes) * classes
-    rows = spread_rows(train.labels, len(train), count, seed)
+    rows = spread_rows(train.labels, len(train), cas_images(classes), seed)
     real = _as_dataset(*train.__getitems__(rows), train.info, "real")
     wanted = torch.bincount(real.labels, minlength=classes)  # (classes,) the samples' make-up: the real one
     samples = _as_dataset(*_samples(generator, options, wanted, drawn, seed, progress), train.info, "samples")

@@ -13,6 +13,7 @@ import torch
 import vqgen.engine.metrics_log as metrics_log
 import vqgen.pipeline.budget as budget
 import vqgen.pipeline.run as run_module
+import vqgen.stage2_prior.train as prior_train
 from vqgen.engine.files import load_safetensors
 from vqgen.engine.trainer import Trainer
 from vqgen.pipeline.generate import Generator
@@ -22,7 +23,8 @@ from helpers import vqgen
 TINY = ["--preset", "quick", "--device", "cpu", "--no-eval", "--vqvae-batch-size", "8", "--vqvae-hidden", "8",
         "--vqvae-res-hidden", "4", "--vqvae-checkpoint-every", "2", "--prior-batch-size", "8", "--prior-channels", "8",
         "--prior-layers", "2", "--prior-checkpoint-every", "2", "--prior-schedule", "cooldown", "--samples", "4"]
-EXPORT_S, GRID_S, IMAGE_S = 5.0, 0.25, 0.01  # the clock's cost of an export, a sampled grid, an image's likelihood
+EXPORT_S, GRID_S, IMAGE_S, EVAL_S = 5.0, 0.25, 0.01, 0.5  # an export, a sampled grid, an image's likelihood,
+# a held-out evaluation of the prior
 
 
 class RunClock:
@@ -38,6 +40,17 @@ class RunClock:
         self.costs(monkeypatch, Generator, "sample", lambda self_, n, *a, **k: GRID_S * n)
         for module in (run_module, budget):
             self.costs(monkeypatch, module, "bits_per_dim", lambda *a, **k: IMAGE_S * min(a[4], len(a[3])))
+        for module in (prior_train, budget):
+            self.costs(monkeypatch, module, "evaluate_prior", lambda *a, **k: EVAL_S)
+        clock_ = self
+
+        class PlannedTask(budget.PriorTask):  # the plan's timed steps (the trainer's are charged above)
+            def step(self, *args: object, **kwargs: object) -> object:
+                result = super().step(*args, **kwargs)
+                clock_.now += 1.0
+                return result
+
+        monkeypatch.setattr(budget, "PriorTask", PlannedTask)
 
     def costs(self, monkeypatch: pytest.MonkeyPatch, owner: object, name: str, seconds: object) -> None:
         real = getattr(owner, name)
@@ -59,19 +72,23 @@ def test_a_run_in_minutes_splits_them_ends_on_time_and_reruns_to_the_digit(
         tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c_at) -> None:
     """One minute: the VQ-VAE trains its 15% (9 s, 9 steps); the exports take 10 s; the prior is planned at
     its start from the sample grid's 4 grids (1 s) and the 16 test images' likelihood (0.16 s), measured on
-    a probe of as many (1.16 s), so it gets 60 * 0.97 - 20.16 - 1.16 = 36.88 s, 37 steps whose cool-down
-    ends at the last; the run ends within a step of its 58.2 s. `--steps-of` trains the same steps without a
-    clock and gives the same weights, as does a run interrupted in the prior and resumed."""
+    a probe of as many, and from one held-out evaluation (0.5 s) and a training step (1 s, timed after an
+    untimed one): 3.66 s of measurement. Its 34 steps reach no evaluation but the last, so it gets
+    60 * 0.98 - 22.66 - 1.16 - 0.5 = 34.48 s, 34 steps whose cool-down ends at the last; the run ends within
+    a step of its 58.8 s. `--steps-of` trains the same steps without a clock and gives the same weights, as
+    does a run interrupted in the prior and resumed."""
     clock = RunClock(monkeypatch)
     out = tmp_path / "minutes"
     assert vqgen("run", "--data", folder, "--out", out, "--minutes", "1", *TINY) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["steps"] == {"vqvae": 9, "prior": 37}
+    assert report["steps"] == {"vqvae": 9, "prior": 34}
     plan = report["budget"]
     after = {"sampling": 4 * GRID_S, "likelihood": 16 * IMAGE_S}
     assert plan["after_prior_s"] == pytest.approx(after)
-    assert plan["spent_before_prior_s"] == pytest.approx(9 + 2 * EXPORT_S + sum(after.values()))
-    assert plan["prior_s"] == pytest.approx(60 * (1 - budget.MARGIN) - plan["spent_before_prior_s"] - sum(after.values()))
+    assert (plan["prior_step_s"], plan["prior_evaluations_s"]) == (1.0, EVAL_S)
+    assert plan["spent_before_prior_s"] == pytest.approx(9 + 2 * EXPORT_S + sum(after.values()) + EVAL_S + 2)
+    assert plan["prior_s"] == pytest.approx(60 * (1 - budget.MARGIN) - plan["spent_before_prior_s"]
+                                            - sum(after.values()) - EVAL_S)
     assert abs(clock.now - 60 * (1 - budget.MARGIN)) <= 1.0
     assert report["timings_s"]["total"] == pytest.approx(clock.now)
     lrs = [r["lr"] for r in map(json.loads, (out / "prior" / "metrics.jsonl").read_text().splitlines())

@@ -57,3 +57,24 @@ def test_the_flip_help_says_what_each_preset_does(capsys: pytest.CaptureFixture)
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "on for color images in --preset default, off in quick and paper and for grayscale images" in text
+
+
+def test_a_preset_sized_in_minutes_caps_its_steps_and_zero_minutes_keep_them() -> None:
+    """Sized in minutes, a run's steps are a cap no run reaches; `--minutes 0` runs the preset's steps (even
+    for a preset that states minutes); `--steps-of` exact steps with no time budget."""
+    from dataclasses import replace
+
+    from vqgen.pipeline.spec import UNCAPPED, RunSpec
+
+    color = RUN_PRESETS["default"](DataShape(3, 32, 32, 50_000))
+    assert RunSpec.from_preset(color, "photos").minutes is None  # sized in steps unless asked
+    sized = RunSpec.from_preset(color, "photos", minutes=30)
+    assert sized.minutes == 30 and sized.prior_train.steps == sized.vqvae_train.steps == UNCAPPED
+    assert sized.vqvae_share == color.vqvae_share
+    stating = replace(color, minutes=20.0)
+    assert RunSpec.from_preset(stating, "photos").minutes == 20
+    steps = RunSpec.from_preset(stating, "photos", minutes=0)
+    assert steps.minutes is None and steps.prior_train.steps == color.prior_train.steps
+    exact = RunSpec.from_preset(stating, "photos", steps={"vqvae": 7, "prior": 9})
+    assert exact.minutes is None and (exact.vqvae_train.steps, exact.prior_train.steps) == (7, 9)
+    assert (exact.vqvae_train.max_seconds, exact.prior_train.max_seconds) == (0, 0)
