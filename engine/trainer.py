@@ -252,8 +252,11 @@ class Trainer:
     def _time_up(self, window: MetricsWindow | None) -> bool:
         """Whether the saved training seconds, plus those of the open window, reach `max_seconds` (never once
         the budget has fixed the steps: the cool-down it chose runs to its end)."""
-        seconds = self.elapsed + (0.0 if window is None else window.seconds())
-        return self.config.max_seconds > 0 and seconds >= self.config.max_seconds and self.fixed_steps is None
+        return 0 < self.config.max_seconds <= self._spent(window) and self.fixed_steps is None
+
+    def _spent(self, window: MetricsWindow | None) -> float:
+        """Training seconds so far: the saved ones, plus those of the open window."""
+        return self.elapsed + (0.0 if window is None else window.seconds())
 
     def _plan_cooldown(self, window: MetricsWindow, bar: tqdm) -> None:
         """Under a time budget, a cooldown schedule's length is the steps the budget reaches at the rate so
@@ -265,7 +268,7 @@ class Trainer:
             return
         if self.ctx.enabled and self.step % config.log_every:
             return
-        seconds = self.elapsed + window.seconds()
+        seconds = self._spent(window)
         reach = self.step + (config.max_seconds - seconds) * self.step / max(seconds, 1e-9)
         if self.ctx.enabled:
             shared = torch.tensor([reach], dtype=torch.float64, device=self.device)
