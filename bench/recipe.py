@@ -9,7 +9,8 @@ As in bench.wall, each variant trains in its own process on one thread, two at a
 time budget that counts training steps only, and at each mark scores held-out bits per code (true
 labels) on the same rows. A variant whose schedule ends with its budget (cooldown) is scored at the
 last mark only: its earlier marks would need a run of their own each. One JSON line per variant and
-mark, then one per mark with every variant's figure side by side. docs/experiments.md holds the runs.
+mark, then one per mark with every variant's figure side by side. `--keep DIR` keeps each variant's
+prior in DIR/NAME, to score its samples with `vqgen eval`. docs/experiments.md holds the runs.
 """
 
 from __future__ import annotations
@@ -61,9 +62,10 @@ def child(args: argparse.Namespace) -> None:
     name, changes = parse_variant(args.child)
     prior, train = variant_configs(args.latents, changes)
     marks = args.minutes[-1:] if train.schedule == "cooldown" else args.minutes
+    keep = args.keep / name if args.keep else None
     for record in ours_loop(train, name, marks, lambda config, out: train_prior(
             prior, config, args.latents / "train", args.latents / "test", out, eval_grids=args.eval_grids,
-            progress=False)):
+            progress=False), keep=keep):
         print(json.dumps({"variant": name, **changes["prior"], **changes["train"], **record,
                           "channels": prior.channels, "layers": prior.layers, "lr": train.lr,
                           "schedule": train.schedule, "ema": train.ema}), flush=True)
@@ -71,7 +73,8 @@ def child(args: argparse.Namespace) -> None:
 
 def launch(text: str, args: argparse.Namespace) -> subprocess.Popen:
     command = [sys.executable, "-m", "bench.recipe", "--child", text, "--latents", str(args.latents),
-               "--eval-grids", str(args.eval_grids), "--minutes", *map(str, args.minutes)]
+               "--eval-grids", str(args.eval_grids), "--minutes", *map(str, args.minutes),
+               *(["--keep", str(args.keep)] if args.keep else [])]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
 
@@ -83,6 +86,8 @@ def main() -> None:
                         help="a variant of the preset's prior (repeat; run two at a time, in the order given)")
     parser.add_argument("--minutes", type=float, nargs="+", default=[5, 10, 16], help="marks, in training minutes")
     parser.add_argument("--eval-grids", type=int, default=2000, help="held-out grids scored at each mark")
+    parser.add_argument("--keep", type=Path, help="keep each variant's prior in KEEP/NAME (for `vqgen eval`); "
+                                                   "by default they are deleted")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -94,6 +99,10 @@ def main() -> None:
             variant_configs(args.latents, changes)
     except VQGenError as err:
         sys.exit(f"bench.recipe: {err}")
+    names = [text.partition(":")[0] for text in args.variant]
+    taken = [name for name in names if args.keep and (args.keep / name).exists()]
+    if taken:
+        sys.exit(f"bench.recipe: {args.keep / taken[0]} exists; give --keep a new folder or remove it")
     shared = {"bench": "recipe", "latents": str(args.latents), "eval_grids": args.eval_grids, "threads_each": 1}
     in_pairs("recipe", args.variant, lambda text: launch(text, args), shared, "variant", "bits_per_code")
 

@@ -71,11 +71,12 @@ def preset_for(latents: LatentDataset) -> Any:
 
 
 def ours_loop(train: TrainConfig, name: str, minutes: list[float], fit: Callable[[TrainConfig, str], dict[str, Any]],
-              **extra: Any) -> Iterator[dict[str, Any]]:
+              keep: Path | None = None, **extra: Any) -> Iterator[dict[str, Any]]:
     """Our trainer on a preset's options (fp32 for ours_fp32), resumed mark after mark under a growing
-    time budget (TrainConfig.max_seconds); each mark's record carries the trainer's own evaluation."""
+    time budget (TrainConfig.max_seconds); each mark's record carries the trainer's own evaluation. The
+    run directory is temporary unless `keep` names one (a directory that must not exist yet)."""
     train = replace(train, steps=10**9, eval_every=10**9, precision="fp32" if name == "ours_fp32" else train.precision)
-    with tempfile.TemporaryDirectory() as out:
+    with contextlib.nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory() as out:
         for mark in minutes:
             result = fit(replace(train, max_seconds=60 * mark), out)
             yield {"minutes": mark, "steps": result["step"], "seconds": round(result["seconds"], 1),

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from vqgen.engine.runtime import native_bf16, pick_device
 
@@ -28,12 +28,28 @@ CONV_REFERENCE = (8, 256, 16)  # batch, channels, side: a 3x3 convolution of 2.4
 MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _cpu_attention(query: torch.Size, key: torch.Size, value: torch.Size, *args: Any, **kwargs: Any) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_attention_backward(grad_out: torch.Size, query: torch.Size, key: torch.Size, value: torch.Size,
+                            *args: Any, **kwargs: Any) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# torch's counter knows the GPU kernels of scaled_dot_product_attention, not the CPU's (the prior's attention);
+# a custom mapping's formulas receive the shapes of the kernel's tensor arguments
+CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
+                 torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward}
+
+
 def step_flops(model: nn.Module, step: Callable[[nn.Module], torch.Tensor]) -> int:
     """FLOPs of one forward and backward pass, `step(model_copy)` returning the loss, counted on a copy
     of `model` with the random state restored afterwards."""
     twin = copy.deepcopy(model)
     devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices), FlopCounterMode(display=False) as counter:
+    counting = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION)
+    with torch.random.fork_rng(devices=devices), counting as counter:
         step(twin).backward()
     return int(counter.get_total_flops())
 

@@ -74,9 +74,17 @@ def _models(spec: RunSpec, report: dict[str, Any], vqvae: VQVAEConfig, prior: Pr
             f"| VQ-VAE | {vqvae.downsamples} downsamplings, hidden {vqvae.hidden}, {vqvae.res_blocks} residual blocks, "
             f"K={vqvae.codebook_size} codes of D={vqvae.code_dim} ({vqvae.quantizer} quantizer), "
             f"{vqvae.grid[0]}x{vqvae.grid[1]} code grid | {_training(spec.vqvae_train, report['vqvae'], spec.minutes)} |",
-            f"| gated PixelCNN prior | {prior.layers} layers of {prior.channels} channels, "
+            f"| gated PixelCNN prior | {prior.layers} layers of {prior.channels} channels, {_attention(prior)}"
             f"{prior.num_classes or 'no'} classes, label dropout {prior.label_dropout:g} | "
             f"{_training(spec.prior_train, report['prior'], spec.minutes)}, weight average {spec.prior_train.ema:g} |"]
+
+
+def _attention(prior: PriorConfig) -> str:
+    """'2 causal attention layers (1 head), ', or nothing for the plain gated PixelCNN."""
+    layers, heads = len(prior.attention_after), prior.attention_heads
+    if not layers:
+        return ""
+    return f"{layers} causal attention layer{'s' * (layers > 1)} ({heads} head{'s' * (heads > 1)}), "
 
 
 def _score_row(name: str, scores: dict[str, Any], floor: float) -> str:

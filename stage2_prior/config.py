@@ -25,7 +25,11 @@ class PriorConfig:
     training labels replaced by a null class (label id `num_classes`), which teaches a conditional
     prior the unconditional distribution as well, so that it can sample with classifier-free guidance
     (Ho & Salimans 2022); 0 builds no null class. The presets turn it on; a config file without the
-    field is a prior trained without it.
+    field is a prior trained without it. `attention_every` N adds a causal self-attention layer over the
+    horizontal stack after every N-th gated layer (not after the last), global context as PixelSNAIL adds it
+    (stage2_prior/attention.py); 0, and a config file without the field, is the plain gated PixelCNN. One
+    head by default, as PixelSNAIL's: on a CPU, heads narrower than 64 channels cost far more per channel
+    (docs/experiments.md, "Attention").
     """
 
     codebook_size: int = option(512, "K, the number of codes", resume="binding", from_data=True)
@@ -42,6 +46,9 @@ class PriorConfig:
     dropout: float = option(0.0, "dropout of the gated features in training (0: off)", resume="binding")
     label_dropout: float = option(0.0, "share of training labels replaced by a null class, so that the prior can "
                                        "sample with classifier-free guidance (0: no null class)", resume="binding")
+    attention_every: int = option(0, "a causal self-attention layer after every N-th gated layer, global context "
+                                     "over all earlier positions (0: none)", resume="binding")
+    attention_heads: int = option(1, "heads of each attention layer (they split the channels)", resume="binding")
 
     def __post_init__(self) -> None:
         require(self.codebook_size >= 2, f"codebook_size={self.codebook_size} is not allowed; must be >= 2")
@@ -52,6 +59,11 @@ class PriorConfig:
         require(0 <= self.dropout < 1, f"dropout={self.dropout} is not allowed; must be in [0, 1)")
         require(0 <= self.label_dropout < 1,
                 f"label_dropout={self.label_dropout} is not allowed; must be in [0, 1) (0: no null class)")
+        require(self.attention_every >= 0,
+                f"attention_every={self.attention_every} is not allowed; must be >= 0 (0: no attention)")
+        require(self.attention_heads >= 1 and (not self.attention_every or self.channels % self.attention_heads == 0),
+                f"attention_heads={self.attention_heads} is not allowed; must be >= 1 and divide "
+                f"channels={self.channels}")
         for name in ("first_kernel", "kernel"):
             value = getattr(self, name)
             require(value >= 3 and value % 2 == 1, f"{name}={value} is not allowed; must be odd and >= 3")
@@ -59,6 +71,13 @@ class PriorConfig:
     @property
     def grid(self) -> tuple[int, int]:
         return self.grid_height, self.grid_width
+
+    @property
+    def attention_after(self) -> tuple[int, ...]:
+        """The gated layers an attention layer follows: every `attention_every`-th, never the last (which
+        feeds only the head)."""
+        every = self.attention_every
+        return tuple(i for i in range(self.layers - 1) if every and (i + 1) % every == 0)
 
     @property
     def null_label(self) -> int | None:

@@ -11,6 +11,7 @@ from torch import nn
 
 from vqgen.engine.checkpoint import Pretrained
 from vqgen.engine.errors import VQGenError
+from vqgen.stage2_prior.attention import CausalAttention
 from vqgen.stage2_prior.config import PriorConfig
 from vqgen.stage2_prior.layers import GatedBlock, conv_matrix
 
@@ -61,7 +62,8 @@ class GatedPixelCNN(nn.Module, Pretrained):
 
     The prior of VQ-VAE (van den Oord et al. 2017, arXiv 1711.00937, sec. 3.2): raster order, a
     vertical and a horizontal stack with no blind spot, a ReLU / 1x1 head on the skip connections of
-    every layer summed (`config.skips`) or on the last layer's alone.
+    every layer summed (`config.skips`) or on the last layer's alone; optionally a causal self-attention
+    layer over the horizontal stack after every `config.attention_every`-th layer (attention.py).
     It is convolutional, so it takes grids of any size; it was trained on `config.grid`.
     """
 
@@ -78,6 +80,9 @@ class GatedPixelCNN(nn.Module, Pretrained):
                        config.first_kernel if i == 0 else config.kernel, i == 0, i == config.layers - 1,
                        config.label_embeddings, config.dropout)
             for i in range(config.layers))
+        # keyed by the gated layer each follows: state dict keys "attention.5.qkv.weight"
+        self.attention = nn.ModuleDict({str(i): CausalAttention(c, config.attention_heads)
+                                        for i in config.attention_after})
         self.head = Head(s, config.codebook_size)
 
     @property
@@ -96,8 +101,10 @@ class GatedPixelCNN(nn.Module, Pretrained):
         self.check_labels(labels, len(codes), values=not self.training)
         x = rearrange(self.embedding(codes.long()), "b h w c -> b c h w")  # (B, C, H, W)
         v, h, skip = x, x, 0
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             v, h, s = layer(v, h, labels)  # the last layer returns no v, h
+            if str(index) in self.attention:
+                h = self.attention[str(index)](h)
             if s is not None:
                 skip = skip + s  # (B, S, H, W)
         return self.head(skip)  # (B, K, H, W)

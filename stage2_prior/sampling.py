@@ -170,13 +170,16 @@ class IncrementalSampler:
     """Per-position logits from cached activations, equal to the full model's on the same prefix.
 
     Call `logits(i, j)` then `commit(i, j, codes)` for each position in raster order. Each layer runs
-    as its `BlockCache` (`GatedBlock.incremental`); the gated features of every layer at the current
-    position go into one (B, L, C) buffer, which the model's `PositionHead` turns into logits.
+    as its `BlockCache` (`GatedBlock.incremental`), each attention layer as its `AttentionCache` (its keys
+    and values so far); the gated features of every layer at the current position go into one (B, L, C)
+    buffer, which the model's `PositionHead` turns into logits.
     """
 
     def __init__(self, model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | None) -> None:
         self.model, self.grid = model, tuple(codes.shape[1:])
         self.caches = [layer.incremental(len(codes), self.grid, labels) for layer in model.layers]
+        self.attention = {int(index): layer.incremental(len(codes), self.grid)
+                          for index, layer in model.attention.items()}  # by the gated layer each follows
         self.head = model.incremental_head()
         channels = model.config.channels
         self.gated = codes.new_zeros(len(codes), len(self.caches), channels, dtype=model.embedding.weight.dtype)
@@ -187,7 +190,10 @@ class IncrementalSampler:
         for index, cache in enumerate(caches):
             cache.gate_at(j, gated[:, index])
             if index + 1 < len(caches):  # the last layer's horizontal stack feeds nothing
-                caches[index + 1].take_horizontal(j, cache.output_at(j, gated[:, index]))
+                h = cache.output_at(j, gated[:, index])  # (B, C)
+                if index in self.attention:
+                    h = self.attention[index].at(i, j, h)
+                caches[index + 1].take_horizontal(j, h)
         return self.head(gated)  # (B, K)
 
     def commit(self, i: int, j: int, drawn: torch.Tensor) -> None:

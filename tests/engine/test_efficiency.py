@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vqgen.data.builtin import make_builtin
@@ -29,6 +30,16 @@ def test_step_flops_of_linear_maps_match_the_formula() -> None:
     deep = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16))
     first, second = 2 * 8 * 64 * 32, 2 * 8 * 32 * 16
     assert step_flops(deep, lambda m: m(x).sum()) == 2 * first + 3 * second
+
+
+def test_attention_on_cpu_is_counted_as_torch_counts_it_on_a_gpu() -> None:
+    """Queries by keys, then weights by values, forward (4 * B * heads * N * N * d) and backward (2.5 times
+    that, with the input gradients); torch's counter has formulas for the GPU kernels only."""
+    q, k, v = (torch.randn(2, 3, 10, 8, requires_grad=True) for _ in range(3))
+    attend = nn.Module()
+    flops = step_flops(attend, lambda m: F.scaled_dot_product_attention(q, k, v, is_causal=True).sum())
+    forward = 4 * 2 * 3 * 10 * 10 * 8
+    assert flops == forward + forward * 5 // 2
 
 
 def test_counting_a_step_changes_nothing_in_the_model_or_the_random_streams() -> None:

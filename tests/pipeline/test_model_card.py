@@ -147,3 +147,16 @@ def test_a_mistyped_run_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
         export_model(tmp_path / "TYPO", tmp_path / "model")
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "TYPO").exists() and not (tmp_path / "model").exists()
+
+
+def test_a_prior_with_attention_runs_end_to_end_and_its_card_says_so(folder: Path, tmp_path: Path) -> None:
+    """`--prior-attention-every` from the command line reaches the prior, its config file, the card and the
+    exported folder's sampler."""
+    out = tmp_path / "run"
+    assert vqgen("run", "--data", folder, "--out", out, *TINY_RUN, "--prior-layers", "3",
+                 "--prior-attention-every", "1", "--prior-attention-heads", "2") == 0
+    prior = Generator.from_pretrained(out).prior
+    assert prior.config.attention_after == (0, 1) and len(prior.attention) == 2
+    card = card_of(out, tmp_path / "model")
+    assert "3 layers of 8 channels, 2 causal attention layers (2 heads), " in card
+    assert samples_of(Generator.from_pretrained(tmp_path / "model")).shape[0] == 4

@@ -41,9 +41,11 @@ def strictly_earlier(n: int) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool).tril(-1)
 
 
-@pytest.mark.parametrize("grid, classes, skips", [((8, 8), 0, True), ((6, 10), 3, True), ((6, 10), 3, False)])
-def test_no_look_ahead_and_no_blind_spot(grid: tuple[int, int], classes: int, skips: bool) -> None:
-    config = PriorConfig.tiny(grid_height=grid[0], grid_width=grid[1], layers=8, num_classes=classes, skips=skips)
+@pytest.mark.parametrize("grid, classes, skips, attention", [((8, 8), 0, True, 0), ((6, 10), 3, True, 0),
+                                                             ((6, 10), 3, False, 0), ((6, 10), 3, True, 3)])
+def test_no_look_ahead_and_no_blind_spot(grid: tuple[int, int], classes: int, skips: bool, attention: int) -> None:
+    config = PriorConfig.tiny(grid_height=grid[0], grid_width=grid[1], layers=8, num_classes=classes, skips=skips,
+                              attention_every=attention)
     model = GatedPixelCNN(config).double()
     depends = dependency(model, grid, torch.tensor([1]) if classes else None)
     earlier = strictly_earlier(grid[0] * grid[1])
@@ -52,8 +54,9 @@ def test_no_look_ahead_and_no_blind_spot(grid: tuple[int, int], classes: int, sk
 
 
 def test_any_loaded_weights_are_causal(tmp_path: Path) -> None:
-    """No mask is applied in forward, so even random weights, saved and loaded, cannot look ahead."""
-    model = GatedPixelCNN(PriorConfig.tiny(grid_height=4, grid_width=5, layers=5))
+    """No mask is applied to the convolutions' weights, and attention's mask is applied in forward, so even
+    random weights, saved and loaded, cannot look ahead."""
+    model = GatedPixelCNN(PriorConfig.tiny(grid_height=4, grid_width=5, layers=5, attention_every=2))
     model.load_state_dict({k: torch.randn_like(v) for k, v in model.state_dict().items()})
     model.save_pretrained(tmp_path / "prior")
     loaded = GatedPixelCNN.from_pretrained(tmp_path / "prior").double()
@@ -135,14 +138,45 @@ def test_config_checks_and_presets() -> None:
     assert PriorConfig.paper().layers > PriorConfig.small().layers > PriorConfig.tiny().layers
 
 
-@pytest.mark.parametrize("layers, classes, skips", [(1, 0, True), (4, 3, True), (1, 0, False), (4, 3, False)])
-def test_every_weight_reaches_the_loss(layers: int, classes: int, skips: bool) -> None:
+@pytest.mark.parametrize("layers, classes, skips, attention", [(1, 0, True, 0), (4, 3, True, 0), (1, 0, False, 0),
+                                                               (4, 3, False, 0), (4, 3, True, 1), (4, 0, False, 2)])
+def test_every_weight_reaches_the_loss(layers: int, classes: int, skips: bool, attention: int) -> None:
     """DDP (without unused-parameter search) needs a gradient for every parameter at every step."""
     model = GatedPixelCNN(PriorConfig.tiny(layers=layers, num_classes=classes, label_dropout=0.1 if classes else 0,
-                                           skips=skips))
+                                           skips=skips, attention_every=attention))
+    assert len(model.attention) == len(model.config.attention_after) == ((layers - 1) // attention if attention else 0)
     labels = torch.tensor([0, 2]) if classes else None
     model.loss(torch.randint(0, 16, (2, 7, 7)), labels).backward()
     assert [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()] == []
+
+
+def test_attention_gives_a_shallow_prior_the_whole_past() -> None:
+    """Two gated layers see a few codes back; one attention layer between them sees every earlier position but
+    those its input has not yet heard (the end of the row above, seen a position later), and nothing after."""
+    grid, n = (6, 10), 60
+    plain = dependency(GatedPixelCNN(PriorConfig.tiny(grid_height=6, grid_width=10, layers=2)).double(), grid, None)
+    model = GatedPixelCNN(PriorConfig.tiny(grid_height=6, grid_width=10, layers=2, attention_every=1)).double()
+    attending = dependency(model, grid, None)
+    earlier = strictly_earlier(n)
+    assert not (attending & ~earlier).any()
+    assert attending[n - 1, 0] and not plain[n - 1, 0], "the last position hears the first only through attention"
+    assert int((earlier & ~attending).sum()) * 10 < int((earlier & ~plain).sum())
+
+
+def test_attention_config_round_trips_and_checks_its_heads(tmp_path: Path) -> None:
+    config = PriorConfig.tiny(layers=7, attention_every=3, attention_heads=2, num_classes=2)
+    assert config.attention_after == (2, 5) and PriorConfig.tiny(layers=6, attention_every=3).attention_after == (2,)
+    model = GatedPixelCNN(config).eval()
+    model.save_pretrained(tmp_path / "prior")
+    again = GatedPixelCNN.from_pretrained(tmp_path / "prior")
+    codes, labels = torch.randint(0, 16, (2, 7, 7)), torch.tensor([0, 1])
+    with torch.no_grad():
+        assert again.config == config and torch.equal(again(codes, labels), model(codes, labels))
+    with pytest.raises(UsageError, match="attention_heads=3 is not allowed; must be >= 1 and divide channels=8"):
+        PriorConfig.tiny(attention_every=2, attention_heads=3)
+    PriorConfig.tiny(attention_heads=3)  # heads matter only with attention layers
+    with pytest.raises(UsageError, match="attention_every=-1 is not allowed"):
+        PriorConfig.tiny(attention_every=-1)
 
 
 def test_a_prior_saved_with_the_last_layers_dead_weights_still_loads(tmp_path: Path) -> None:
@@ -195,3 +229,11 @@ def test_under_bf16_autocast_class_biases_keep_the_gates_in_bf16() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(torch.randint(0, 16, (2, 7, 7)), torch.tensor([0, 2]))
     assert seen == [torch.bfloat16] * 4
+
+
+def test_attention_trains_under_bf16_autocast() -> None:
+    model = GatedPixelCNN(PriorConfig.tiny(num_classes=3, attention_every=2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.loss(torch.randint(0, 16, (2, 7, 7)), torch.tensor([0, 2]))
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.attention.parameters())

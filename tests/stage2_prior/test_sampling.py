@@ -19,10 +19,11 @@ K = 16
 GRIDS = [((8, 8), 3), ((8, 8), 0), ((6, 10), 2), ((6, 10), 0), ((5, 1), 0)]
 
 
-def model_for(grid: tuple[int, int], classes: int, device: str = "cpu", skips: bool = True) -> GatedPixelCNN:
+def model_for(grid: tuple[int, int], classes: int, device: str = "cpu", skips: bool = True,
+              attention: int = 0) -> GatedPixelCNN:
     torch.manual_seed(0)
     config = PriorConfig.tiny(grid_height=grid[0], grid_width=grid[1], num_classes=classes, layers=7,
-                              first_kernel=5, codebook_size=K, skips=skips)
+                              first_kernel=5, codebook_size=K, skips=skips, attention_every=attention)
     return GatedPixelCNN(config).to(device).eval()
 
 
@@ -37,17 +38,22 @@ def check_every_step(model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Te
                 sampler.commit(i, j, codes[:, i, j])
 
 
-@pytest.mark.parametrize("grid, classes, skips", [*((g, c, True) for g, c in GRIDS), ((6, 10), 2, False)])
-def test_incremental_logits_equal_full_logits_at_every_step(grid: tuple[int, int], classes: int, skips: bool) -> None:
-    model = model_for(grid, classes, skips=skips)
+@pytest.mark.parametrize("grid, classes, skips, attention", [*((g, c, True, 0) for g, c in GRIDS),
+                                                             ((6, 10), 2, False, 0), ((6, 10), 2, True, 2),
+                                                             ((5, 1), 0, False, 3)])
+def test_incremental_logits_equal_full_logits_at_every_step(grid: tuple[int, int], classes: int, skips: bool,
+                                                            attention: int) -> None:
+    model = model_for(grid, classes, skips=skips, attention=attention)
     labels = torch.tensor([0, 1, 2, 1]) % classes if classes else None
     check_every_step(model, torch.randint(0, K, (4, *grid)), labels)
 
 
-def test_incremental_logits_with_the_default_kernels_and_trained_looking_weights() -> None:
+@pytest.mark.parametrize("attention", [0, 2])
+def test_incremental_logits_with_the_default_kernels_and_trained_looking_weights(attention: int) -> None:
     """The first layer at its default 7-wide kernel, and weights far from their initialisation."""
     torch.manual_seed(1)
-    model = GatedPixelCNN(PriorConfig.tiny(grid_height=5, grid_width=6, num_classes=2)).eval()
+    model = GatedPixelCNN(PriorConfig.tiny(grid_height=5, grid_width=6, num_classes=2,
+                                           attention_every=attention)).eval()
     model.load_state_dict({k: torch.randn_like(v) * 0.3 for k, v in model.state_dict().items()})
     check_every_step(model, torch.randint(0, K, (3, 5, 6)), torch.tensor([0, 1, 1]))
 
@@ -242,9 +248,11 @@ def test_guidance_sharpens_the_class() -> None:
     assert gaps[1] > gaps[0] > 0
 
 
-@pytest.mark.parametrize("grid, classes", [((10, 12), 2), ((3, 4), 0), ((1, 9), 0)])
-def test_other_grid_sizes_sample_with_incremental_equal_to_full(grid: tuple[int, int], classes: int) -> None:
-    model = model_for((8, 8), classes)  # trained size 8x8
+@pytest.mark.parametrize("grid, classes, attention", [((10, 12), 2, 0), ((3, 4), 0, 0), ((1, 9), 0, 0),
+                                                      ((10, 12), 2, 3)])
+def test_other_grid_sizes_sample_with_incremental_equal_to_full(grid: tuple[int, int], classes: int,
+                                                                attention: int) -> None:
+    model = model_for((8, 8), classes, attention=attention)  # trained size 8x8
     labels = torch.tensor([0, 1, 1]) % classes if classes else None
     check_every_step(model, torch.randint(0, K, (3, *grid)), labels)
     fast = sample(model, 3, 1 if classes else None, generator=torch.Generator().manual_seed(0), progress=False,
