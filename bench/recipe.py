@@ -94,12 +94,15 @@ def main() -> None:
         return child(args)
     if not args.variant:
         parser.error("give at least one --variant (preset: the preset as it is)")
+    names = [text.partition(":")[0] for text in args.variant]
+    if len(set(names)) < len(names):
+        sys.exit("bench.recipe: two variants share a NAME; give each its own (their figures and --keep folders "
+                 "are keyed by it)")
     try:  # a bad field or value, a missing dataset or a value a config refuses fails here, in one line
         for changes in [parse_variant(text)[1] for text in args.variant]:
             variant_configs(args.latents, changes)
     except VQGenError as err:
         sys.exit(f"bench.recipe: {err}")
-    names = [text.partition(":")[0] for text in args.variant]
     taken = [name for name in names if args.keep and (args.keep / name).exists()]
     if taken:
         sys.exit(f"bench.recipe: {args.keep / taken[0]} exists; give --keep a new folder or remove it")

@@ -8,9 +8,9 @@ reading and updating the horizontal stack alone. The horizontal stack at a posit
 the codes strictly before it (layers.py), so attending to every position up to and including the current
 one (a lower-triangular mask) keeps the prior causal and adds no blind spot.
 
-Queries and keys also read each position's coordinates, scaled to [-1, 1] over the grid (PixelSNAIL's
-"background" channels), so that attention can weigh where a code is, not only what it holds; scaled
-coordinates keep a prior usable on any grid size. The layer is a residual, pre-norm block as in a
+Queries, keys and values also read each position's coordinates, scaled to [-1, 1] over the grid
+(PixelSNAIL's "background" channels), so that attention can weigh where a code is, not only what it
+holds; scaled coordinates keep a prior usable on any grid size. The layer is a residual, pre-norm block as in a
 transformer: h + out(attention(norm(h))).
 
 `CausalAttention.incremental` gives the same layer one position at a time for sampling: a cache of the
@@ -51,7 +51,8 @@ class CausalAttention(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         height, width = h.shape[2:]
         x = rearrange(h, "b c h w -> b (h w) c")
-        q, k, v = (rearrange(t, "b n heads d -> b heads n d") for t in self.project(x, coordinates(height, width, x)))
+        where = coordinates(height, width, self.qkv.weight)  # (N, 2)
+        q, k, v = (rearrange(t, "b n heads d -> b heads n d") for t in self.project(x, where))
         attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, heads, N, d)
         y = self.out(rearrange(attended, "b heads n d -> b n (heads d)"))  # (B, N, C)
         return h + rearrange(y, "b (h w) c -> b c h w", h=height).to(h.dtype)
@@ -66,10 +67,10 @@ class AttentionCache:
     so far are kept, so a new position costs its own projections and one attention row."""
 
     def __init__(self, layer: CausalAttention, batch: int, grid: tuple[int, int]) -> None:
-        weight = layer.out.weight
+        weight = layer.qkv.weight
         self.layer, self.width = layer, grid[1]
         self.where = coordinates(*grid, weight)  # (H * W, 2)
-        channels = weight.shape[0]
+        channels = layer.out.weight.shape[0]
         shape = (batch, layer.heads, grid[0] * grid[1], channels // layer.heads)
         self.keys, self.values = weight.new_zeros(shape), weight.new_zeros(shape)  # (B, heads, H * W, d)
 

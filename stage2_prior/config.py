@@ -46,8 +46,8 @@ class PriorConfig:
     dropout: float = option(0.0, "dropout of the gated features in training (0: off)", resume="binding")
     label_dropout: float = option(0.0, "share of training labels replaced by a null class, so that the prior can "
                                        "sample with classifier-free guidance (0: no null class)", resume="binding")
-    attention_every: int = option(0, "a causal self-attention layer after every N-th gated layer, global context "
-                                     "over all earlier positions (0: none)", resume="binding")
+    attention_every: int = option(0, "a causal self-attention layer after every N-th gated layer but the last, "
+                                     "global context over all earlier positions (0: none)", resume="binding")
     attention_heads: int = option(1, "heads of each attention layer (they split the channels)", resume="binding")
 
     def __post_init__(self) -> None:
@@ -59,8 +59,9 @@ class PriorConfig:
         require(0 <= self.dropout < 1, f"dropout={self.dropout} is not allowed; must be in [0, 1)")
         require(0 <= self.label_dropout < 1,
                 f"label_dropout={self.label_dropout} is not allowed; must be in [0, 1) (0: no null class)")
-        require(self.attention_every >= 0,
-                f"attention_every={self.attention_every} is not allowed; must be >= 0 (0: no attention)")
+        require(0 <= self.attention_every < self.layers or self.attention_every == 0,
+                f"attention_every={self.attention_every} is not allowed; must be in 0..{self.layers - 1} (0: no "
+                f"attention; an attention layer never follows the last of the {self.layers} gated layers)")
         require(self.attention_heads >= 1 and (not self.attention_every or self.channels % self.attention_heads == 0),
                 f"attention_heads={self.attention_heads} is not allowed; must be >= 1 and divide "
                 f"channels={self.channels}")

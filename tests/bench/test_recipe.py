@@ -52,3 +52,9 @@ def test_a_kept_prior_is_never_overwritten(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "bench.recipe", "--latents", tmp_path, "--variant", "preset",
                            "--keep", tmp_path / "priors"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode != 0 and "priors/preset exists; give --keep a new folder" in done.stderr
+
+
+def test_two_variants_of_one_name_are_refused(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "bench.recipe", "--latents", tmp_path, "--variant", "a:lr=1e-3",
+                           "--variant", "a:lr=2e-3"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode != 0 and "two variants share a NAME" in done.stderr

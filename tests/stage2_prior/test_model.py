@@ -177,6 +177,9 @@ def test_attention_config_round_trips_and_checks_its_heads(tmp_path: Path) -> No
     PriorConfig.tiny(attention_heads=3)  # heads matter only with attention layers
     with pytest.raises(UsageError, match="attention_every=-1 is not allowed"):
         PriorConfig.tiny(attention_every=-1)
+    with pytest.raises(UsageError, match=r"attention_every=6 is not allowed; must be in 0..5 .* never follows the "
+                                         "last of the 6 gated layers"):
+        PriorConfig.tiny(attention_every=6)  # it would build no attention layer
 
 
 def test_a_prior_saved_with_the_last_layers_dead_weights_still_loads(tmp_path: Path) -> None:

@@ -178,11 +178,11 @@ def test_dropout_acts_in_training_only() -> None:
     check_every_step(model.eval(), codes, labels)
 
 
-def guided_model(grid: tuple[int, int] = (5, 6)) -> GatedPixelCNN:
+def guided_model(grid: tuple[int, int] = (5, 6), attention: int = 0) -> GatedPixelCNN:
     """A class-conditional prior with a null class, its weights far from initialisation."""
     torch.manual_seed(2)
     config = PriorConfig.tiny(grid_height=grid[0], grid_width=grid[1], num_classes=3, label_dropout=0.1,
-                              first_kernel=5, layers=5)
+                              first_kernel=5, layers=5, attention_every=attention)
     model = GatedPixelCNN(config).eval()
     model.load_state_dict({k: torch.randn_like(v) * 0.3 for k, v in model.state_dict().items()})
     return model
@@ -192,9 +192,10 @@ def guided_model(grid: tuple[int, int] = (5, 6)) -> GatedPixelCNN:
                                      SamplingOptions(guidance=3.0, guidance_schedule="linear"),
                                      SamplingOptions(guidance=2.0, guidance_interval=0.4)],
                          ids=["0", "1.5", "3-linear", "2-first0.4"])
-def test_guided_incremental_logits_equal_guided_full_logits(options: SamplingOptions) -> None:
+@pytest.mark.parametrize("attention", [0, 2])
+def test_guided_incremental_logits_equal_guided_full_logits(options: SamplingOptions, attention: int) -> None:
     """uncond + s_t * (cond - uncond) at every step t, the cached sampler running both halves as one batch."""
-    model = guided_model()
+    model = guided_model(attention=attention)
     codes, labels = torch.randint(0, K, (3, 5, 6)), torch.tensor([0, 2, 1])
     null = torch.full_like(labels, model.config.null_label)
     sampler = GuidedSampler(IncrementalSampler, model, codes, labels, options)
