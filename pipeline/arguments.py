@@ -19,7 +19,7 @@ from vqgen.engine.configs import fields_where
 from vqgen.engine.train_config import TrainConfig
 from vqgen.pipeline.evaluation.search import EvalOptions
 from vqgen.pipeline.options import add_config_options
-from vqgen.pipeline.presets import RUN_PRESETS
+from vqgen.pipeline.presets import DECODER_TUNING, RUN_PRESETS
 from vqgen.pipeline.evaluation.standard_fid import FID_SAMPLES
 from vqgen.stage1_vqvae.config import PRESETS as VQVAE_PRESETS
 from vqgen.stage1_vqvae.config import VQVAEConfig
@@ -85,8 +85,10 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the draw (default: 0)")
 
 
-def _add_train(parser: argparse.ArgumentParser, prefix: str = "", skip: Sequence[str] = ()) -> None:
-    add_config_options(parser, TrainConfig, prefix=prefix, skip=skip, title=f"{prefix or ''}training options")
+def _add_train(parser: argparse.ArgumentParser, prefix: str = "", skip: Sequence[str] = (),
+               defaults: TrainConfig | None = None) -> None:
+    add_config_options(parser, TrainConfig, prefix=prefix, skip=skip, title=f"{prefix or ''}training options",
+                       defaults=defaults)
 
 
 def _add_tensorboard(parser: argparse.ArgumentParser, where: str) -> None:
@@ -120,6 +122,20 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
                         "folder that does not say; auto: bf16 where the CPU or GPU computes it natively); the "
                         "quantizer's distances stay fp32")
 
+
+
+def _tune_decoder_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vqvae", required=True, type=Path, help="trained VQ-VAE directory")
+    p.add_argument("--latents", required=True, type=Path,
+                   help="the train split's latent dataset, exported by this VQ-VAE (`vqgen export`)")
+    _add_data(p)
+    p.add_argument("--flip", action="store_true",
+                   help="the latents hold the split's mirror images too, as `vqgen run --flip` exports them")
+    p.add_argument("--out", required=True, type=Path,
+                   help="directory of the tuned VQ-VAE (config.json, model.safetensors, state.pt), to sample with")
+    p.add_argument("--eval-images", type=_positive("--eval-images"), default=2000, help="held-out images per eval")
+    _add_train(p, defaults=DECODER_TUNING)
+    _add_tensorboard(p, "OUT/tensorboard")
 
 
 def _train_prior_arguments(p: argparse.ArgumentParser) -> None:
@@ -207,7 +223,8 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
                         "each sized for the data (image channels and size, number of images)")
     sized = p.add_mutually_exclusive_group()
     sized.add_argument("--minutes", type=float, metavar="M",
-                       help="size the run in wall time rather than steps: the VQ-VAE trains for the preset's share of M, "
+                       help="size the run in wall time rather than steps: the VQ-VAE (and a tuned decoder) trains for the "
+                            "preset's share of M, "
                             "the prior for what the stages after it leave, measured on this machine; each stage's "
                             "--steps is then a cap (default: the preset's steps; 0: the same)")
     sized.add_argument("--steps-of", type=Path, metavar="RUN",
@@ -229,11 +246,18 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     _add_train(p, prefix="vqvae-", skip=shared)
     add_config_options(p, PriorConfig, prefix="prior-", title="prior options")
     _add_train(p, prefix="prior-", skip=shared)
+    p.add_argument("--tune-decoder", action=argparse.BooleanOptionalAction, default=None,
+                   help="after export, tune the VQ-VAE's decoder alone on the exported codes (encoder and codebook "
+                        "frozen: the codes stay), into RUN/decoder, which samples are then decoded with (default: "
+                        "the preset's: on for color images in --preset default); the --decoder-* options set its "
+                        "training, from `vqgen tune-decoder`'s defaults where the preset has none")
+    _add_train(p, prefix="decoder-", skip=shared, defaults=DECODER_TUNING)
 
 
 COMMAND_ARGUMENTS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "train-vqvae": ("train a VQ-VAE on images", _train_vqvae_arguments),
     "export": ("encode a split into a latent dataset", _export_arguments),
+    "tune-decoder": ("tune a trained VQ-VAE's decoder alone on its exported codes", _tune_decoder_arguments),
     "train-prior": ("train a gated PixelCNN prior on a latent dataset", _train_prior_arguments),
     "sample": ("sample images from a trained prior and VQ-VAE", _sample_arguments),
     "complete": ("complete a partly given image: keep part of it, sample the rest", _complete_arguments),

@@ -3,7 +3,7 @@
 M is split over the stages as they come (docs/performance.md, "Runs sized in minutes"):
 - the VQ-VAE trains for its preset's share of M (`RunPreset.vqvae_share`) on the trainer's clock, which
   counts training steps only and is saved with every checkpoint, so a resumed stage spends only what
-  is left of its share;
+  is left of its share; a tuned decoder likewise for its share (`RunPreset.decoder_share`);
 - export and the judge take what they take: their work is fixed (every image; the judge's recipe);
 - the prior, which the samples depend on most, gets the rest: M less what the run has spent, what the
   stages after it will take (`after_prior`) and its own held-out evaluations, which its clock leaves
@@ -33,7 +33,7 @@ from vqgen.pipeline.evaluation.classification_score import CAS_STEPS, cas_images
 from vqgen.pipeline.evaluation.held_out import held_out
 from vqgen.pipeline.evaluation.likelihood import bits_per_dim
 from vqgen.pipeline.evaluation.selection import planned_samples, round_sizes
-from vqgen.pipeline.generate import Generator
+from vqgen.pipeline.generate import Generator, run_vqvae
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage2_prior.train import PriorTask, eval_rows, evaluate_prior, fit_to_latents
 from vqgen.stage2_prior.model import GatedPixelCNN
@@ -109,7 +109,7 @@ def after_prior(run: Run, prior: GatedPixelCNN) -> dict[str, float]:
     a draw of sample grids, their judging and a few test images' likelihood on an untrained `prior` of the
     run's size (its cost is the trained one's), and the judge's own step rate and evaluation for the
     classification score's two classifiers."""
-    generator = Generator(VQVAE.from_pretrained(run.out / "vqvae"), prior, device=run.spec.prior_train.device)
+    generator = Generator(VQVAE.from_pretrained(run_vqvae(run.out)), prior, device=run.spec.prior_train.device)
     drawn, batch = run.spec.samples, run.spec.samples  # the sample grid
     if run.evaluation is not None:
         rows = held_out(run.test_images, run.evaluation.n_per_class, run.evaluation.seed)
@@ -152,8 +152,9 @@ def _seconds(work: Callable[[], Any]) -> float:
 
 
 def steps_taken(out: Path) -> dict[str, int]:
-    """report.json's `steps`: what each training stage of the run in `out` took."""
-    return {stage: saved_step(out / stage) for stage in ("vqvae", "prior")}
+    """report.json's `steps`: what each training stage of the run in `out` took (the decoder's when it was tuned)."""
+    stages = ("vqvae", "prior", "decoder") if (out / "decoder").is_dir() else ("vqvae", "prior")
+    return {stage: saved_step(out / stage) for stage in stages}
 
 
 def steps_of(source: str | Path) -> dict[str, int]:
@@ -165,5 +166,6 @@ def steps_of(source: str | Path) -> dict[str, int]:
     if not (isinstance(steps, dict) and all(isinstance(steps.get(k), int) and steps[k] > 0 for k in ("vqvae", "prior"))):
         raise VQGenError(f"{path} records no steps of a finished run (a report.json of vqgen 0.7 or later has them); "
                          "pass a finished run's directory")
-    return {k: steps[k] for k in ("vqvae", "prior")}
+    tuned = ("decoder",) if isinstance(steps.get("decoder"), int) and steps["decoder"] > 0 else ()
+    return {k: steps[k] for k in ("vqvae", "prior", *tuned)}
 

@@ -18,15 +18,15 @@ import torch
 from vqgen.data.images import data_shape, open_dataset
 from vqgen.engine.distributed import launched_as_main, leave_distributed
 from vqgen.engine.configs import fields_where
-from vqgen.engine.errors import VQGenError
+from vqgen.engine.errors import UsageError, VQGenError
 from vqgen.engine.tensorboard import TENSORBOARD_DIR, require_tensorboard
 from vqgen.engine.train_config import TrainConfig
 from vqgen.engine.units import describe
 from vqgen.pipeline.arguments import build_parser
 from vqgen.pipeline.evaluation.report import EvalReport
 from vqgen.pipeline.evaluation.search import EvalOptions
-from vqgen.pipeline.options import checked_overrides, config_from_args, flags_named
-from vqgen.pipeline.presets import RUN_PRESETS
+from vqgen.pipeline.options import checked_overrides, config_from_args, flags_named, given
+from vqgen.pipeline.presets import DECODER_TUNING, RUN_PRESETS, with_decoder_tuning
 from vqgen.stage1_vqvae.config import PRESETS as VQVAE_PRESETS
 from vqgen.stage2_prior.config import PRESETS as PRIOR_PRESETS
 from vqgen.stage2_prior.sampling import SamplingOptions
@@ -76,6 +76,18 @@ def _export(args: argparse.Namespace) -> None:
                               num_workers=args.num_workers, precision=args.precision)  # None: as it trained
     if ctx.is_main:
         print(f"exported {manifest.count} code grids of {manifest.grid[0]}x{manifest.grid[1]} to {args.out}")
+
+
+def _tune_decoder(args: argparse.Namespace) -> None:
+    from vqgen.data.images import Mirrored
+    from vqgen.stage1_vqvae.decoder_tuning import tune_decoder
+
+    train_config = config_from_args(args, DECODER_TUNING, tensorboard=_tensorboard_dir(args, args.out))
+    images, held_out = (open_dataset(args.data, split, args.data_root, args.download, size=args.image_size,
+                                     stream=args.stream, index_dir=args.vqvae) for split in ("train", "test"))
+    result = tune_decoder(args.vqvae, args.latents, Mirrored(images) if args.flip else images, held_out, train_config,
+                          args.out, eval_images=args.eval_images)
+    _say(f"VQ-VAE with its decoder tuned saved in {args.out}: {describe(result['evaluation'], ('psnr',))}")
 
 
 def _eval_latents(args: argparse.Namespace) -> Path:
@@ -172,7 +184,7 @@ def _run(args: argparse.Namespace) -> None:
     from vqgen.pipeline.run import RunSpec, run
 
     shape = data_shape(args.data, args.data_root, args.download, args.image_size, index_dir=args.out)
-    preset = RUN_PRESETS[args.preset](shape)  # sized for the data (pipeline/presets.py)
+    preset = with_decoder_tuning(RUN_PRESETS[args.preset](shape), shape, args.tune_decoder)  # sized for the data
     spec = RunSpec.from_preset(preset, args.data, args.data_root, args.image_size, minutes=args.minutes,
                                steps=steps_of(args.steps_of) if args.steps_of else None)
     shared = config_from_args(args, spec.vqvae_train, tensorboard=None)
@@ -184,7 +196,8 @@ def _run(args: argparse.Namespace) -> None:
             prior=config_from_args(args, spec.prior, prefix="prior-"),
             prior_train=config_from_args(args, spec.prior_train, prefix="prior-", **shared_values),
             samples=args.samples or spec.samples, sampling=checked_overrides(args, SamplingOptions),
-            flip=spec.flip if args.flip is None else args.flip)
+            flip=spec.flip if args.flip is None else args.flip,
+            decoder_train=_decoder_train(args, spec.decoder_train, shared_values))
     evaluate = preset.evaluate if args.eval is None else args.eval
     report = run(spec, args.out, download=args.download, evaluation=EvalOptions() if evaluate else None,
                  tensorboard=args.tensorboard, stream=args.stream)
@@ -192,6 +205,17 @@ def _run(args: argparse.Namespace) -> None:
         if report.get("eval"):  # null when eval was skipped
             print("\n".join(EvalReport.from_json(report["eval"]).summary()))
         print(_run_summary(args.out, report))
+
+
+def _decoder_train(args: argparse.Namespace, tuning: TrainConfig | None,
+                   shared: dict[str, Any]) -> TrainConfig | None:
+    """The run's decoder tuning with its --decoder-* flags; those flags on a run that tunes none are refused."""
+    if tuning is not None:
+        return config_from_args(args, tuning, prefix="decoder-", **shared)
+    if given(args, TrainConfig, prefix="decoder-"):
+        raise UsageError("the --decoder-* options set how the decoder is tuned, which this run does not do; "
+                         "add --tune-decoder")
+    return None
 
 
 def _run_summary(out: Path, report: dict[str, Any]) -> str:
@@ -202,7 +226,7 @@ def _run_summary(out: Path, report: dict[str, Any]) -> str:
             f"{report['likelihood']['bits_per_dim']:.3f} bits/dim; samples in {out / 'samples' / 'grid.png'}")
 
 
-COMMANDS = {"train-vqvae": _train_vqvae, "export": _export, "train-prior": _train_prior,
+COMMANDS = {"train-vqvae": _train_vqvae, "export": _export, "tune-decoder": _tune_decoder, "train-prior": _train_prior,
             "sample": _sample, "complete": _complete, "eval": _eval, "export-model": _export_model, "run": _run}
 
 

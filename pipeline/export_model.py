@@ -1,7 +1,8 @@
 """`vqgen export-model`: a finished run's two models and its model card in one folder, ready for the Hub.
 
 OUT/vqvae/ and OUT/prior/ are written by save_pretrained (config.json and model.safetensors, so an
-older run's model.pt is converted on the way), with the prior's sampling.json when eval chose one;
+older run's model.pt is converted on the way; OUT/vqvae/ is the run's VQ-VAE with its decoder tuned, when it
+tuned one), with the prior's sampling.json when eval chose one;
 OUT/README.md is the model card (pipeline/model_card.py) and OUT/samples.png the run's sample grid.
 No training state, metrics or data leave the run. `Generator.from_pretrained(OUT)` loads the folder,
 and the Hub repo it is uploaded to (`hf upload OWNER/NAME OUT`), through the same code.
@@ -17,7 +18,7 @@ from vqgen.engine.errors import VQGenError
 from vqgen.engine.files import atomic_directory, read_json
 from vqgen.engine.locks import directory_lock
 from vqgen.pipeline.evaluation.report import EVAL_FILE
-from vqgen.pipeline.generate import PRIOR_FOLDER, SAMPLING_FILE, VQVAE_FOLDER, load_sampling, save_sampling
+from vqgen.pipeline.generate import PRIOR_FOLDER, SAMPLING_FILE, VQVAE_FOLDER, load_sampling, run_vqvae, save_sampling
 from vqgen.pipeline.model_card import SAMPLES_FILE, model_card
 from vqgen.pipeline.spec import RunSpec, load_spec, require_run_dir
 from vqgen.stage1_vqvae.model import VQVAE
@@ -48,7 +49,7 @@ def export_model(run: str | Path, out: str | Path) -> Path:
     require_run_dir(run)
     with directory_lock(run):
         spec = finished_run(run)
-        vqvae, prior = VQVAE.from_pretrained(run / VQVAE_FOLDER), GatedPixelCNN.from_pretrained(run / PRIOR_FOLDER)
+        vqvae, prior = VQVAE.from_pretrained(run_vqvae(run)), GatedPixelCNN.from_pretrained(run / PRIOR_FOLDER)
         report = read_json(run / REPORT_FILE, "run report")
         figures = read_json(run / EVAL_FILE, "eval figures") if (run / EVAL_FILE).exists() else None
         with atomic_directory(out) as tmp:

@@ -13,6 +13,7 @@ from vqgen.engine.configs import config_from_dict, config_to_dict
 from vqgen.engine.errors import UsageError, VQGenError
 from vqgen.engine.files import read_json, save_array, write_json
 from vqgen.engine.grids import save_grid
+from vqgen.engine.checkpoint import weights_path
 from vqgen.engine.hub import local_folder
 from vqgen.engine.runtime import pick_device
 from vqgen.stage1_vqvae.model import VQVAE
@@ -25,6 +26,13 @@ from vqgen.stage2_prior.sampling import sample as sample_codes
 
 SAMPLING_FILE = "sampling.json"
 VQVAE_FOLDER, PRIOR_FOLDER = "vqvae", "prior"  # the two models of a run directory or an exported model folder
+DECODER_FOLDER = "decoder"  # a run's VQ-VAE with its decoder tuned (stage1_vqvae/decoder_tuning.py)
+
+
+def run_vqvae(run: Path) -> Path:
+    """The VQ-VAE a run directory decodes samples with: RUN/decoder when the run tuned its decoder, else RUN/vqvae."""
+    tuned = run / DECODER_FOLDER
+    return tuned if weights_path(tuned).exists() else run / VQVAE_FOLDER
 
 
 def save_sampling(options: SamplingOptions, directory: str | Path) -> None:
@@ -83,7 +91,8 @@ class Generator:
 
         Each directory may be a local folder or a Hugging Face Hub id ("owner/name[@revision]"). With
         `prior_dir` None, `vqvae_dir` is one folder or repo holding both, as `vqgen export-model` writes
-        it: `Generator.from_pretrained("owner/vqgen-mnist")` reads its vqvae/ and prior/."""
+        it: `Generator.from_pretrained("owner/vqgen-mnist")` reads its vqvae/ and prior/ (a run directory's
+        decoder/ instead of vqvae/ when the run tuned its decoder, `run_vqvae`)."""
         if prior_dir is None:  # only what the caller typed may be a Hub id; the sub-folders must exist
             root = local_folder(vqvae_dir)
             for sub in (VQVAE_FOLDER, PRIOR_FOLDER):
@@ -91,7 +100,7 @@ class Generator:
                     raise VQGenError(f"{vqvae_dir} holds no {sub}/ folder; pass a folder or Hub repo holding vqvae/ "
                                      "and prior/ (as `vqgen export-model` writes it), or both folders: "
                                      "Generator.from_pretrained(VQVAE_DIR, PRIOR_DIR)")
-            vqvae_dir, prior_dir = root / VQVAE_FOLDER, root / PRIOR_FOLDER
+            vqvae_dir, prior_dir = run_vqvae(root), root / PRIOR_FOLDER
         prior_dir = local_folder(prior_dir)
         return cls(VQVAE.from_pretrained(vqvae_dir), GatedPixelCNN.from_pretrained(prior_dir), device,
                    load_sampling(prior_dir))

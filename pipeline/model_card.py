@@ -69,7 +69,7 @@ def _training(config: TrainConfig, stage: dict[str, Any], minutes: float | None)
 
 
 def _models(spec: RunSpec, report: dict[str, Any], vqvae: VQVAEConfig, prior: PriorConfig) -> list[str]:
-    return ["## Models", "",
+    rows = ["## Models", "",
             "| stage | architecture | training |", "|---|---|---|",
             f"| VQ-VAE | {vqvae.downsamples} downsamplings, hidden {vqvae.hidden}, {vqvae.res_blocks} residual blocks, "
             f"K={vqvae.codebook_size} codes of D={vqvae.code_dim} ({vqvae.quantizer} quantizer), "
@@ -77,6 +77,10 @@ def _models(spec: RunSpec, report: dict[str, Any], vqvae: VQVAEConfig, prior: Pr
             f"| gated PixelCNN prior | {prior.layers} layers of {prior.channels} channels, {_attention(prior)}"
             f"{prior.num_classes or 'no'} classes, label dropout {prior.label_dropout:g} | "
             f"{_training(spec.prior_train, report['prior'], spec.minutes)}, weight average {spec.prior_train.ema:g} |"]
+    if spec.decoder_train is not None and report.get("decoder"):
+        rows.append("| VQ-VAE decoder, tuned alone on the exported codes (encoder and codebook frozen) | as above | "
+                    f"{_training(spec.decoder_train, report['decoder'], spec.minutes)} |")
+    return rows
 
 
 def _attention(prior: PriorConfig) -> str:

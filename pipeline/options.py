@@ -39,9 +39,10 @@ def has_flag(field: dataclasses.Field) -> bool:
 
 
 def add_config_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip: Iterable[str] = (),
-                       title: str | None = None, default_text: str = "preset default") -> None:
+                       title: str | None = None, default_text: str = "preset default", defaults: Any = None) -> None:
     """One flag per field of `cls` that has one (`--prefix-field-name`), grouped under `title`; a tuple field
-    takes one or more values."""
+    takes one or more values. The help shows each field's default, or its value in `defaults` (an instance of
+    `cls`) for a command whose values start there."""
     group = parser.add_argument_group(title or f"{cls.__name__} options")
     types_ = field_types(cls)
     for field in dataclasses.fields(cls):
@@ -49,7 +50,8 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, prefix: str =
             continue
         inner = _is_optional(types_[field.name])[1]
         kwargs: dict[str, Any] = {"dest": _dest(prefix, field.name), "default": argparse.SUPPRESS,
-                                  "help": f"{field.metadata['help']} ({default_text}: {_shown(field.default)})"}
+                                  "help": f"{field.metadata['help']} ({default_text}: "
+                                          f"{_shown(getattr(defaults, field.name) if defaults else field.default)})"}
         if typing.get_origin(inner) is tuple:
             kwargs["nargs"], inner = "+", _is_optional(typing.get_args(inner)[0])[1]
         if inner is bool:

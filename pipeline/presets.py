@@ -43,6 +43,14 @@ class RunPreset:
     flip: bool = False     # train both stages on the mirror images too (data/images.py, Mirrored)
     minutes: float | None = None  # a run sized in wall time (pipeline/budget.py); None: in the steps above
     vqvae_share: float = 0.15     # of the minutes, the VQ-VAE's training time
+    decoder_train: TrainConfig | None = None  # tune the decoder alone on the exported codes; None: not tuned
+    decoder_share: float = 0.06   # of the minutes, the decoder tuning's time
+
+
+DECODER_TUNING = TrainConfig(steps=2000, batch_size=64, lr=1e-3, precision="auto", schedule="cooldown",
+                             eval_every=500, checkpoint_every=500)
+"""How `vqgen run --tune-decoder` tunes the decoder when its preset does not (stage1_vqvae/decoder_tuning.py): at
+the VQ-VAE's rate, decaying to zero over the last fifth (docs/experiments.md, "Tuning the decoder")."""
 
 
 def downsamples(shape: DataShape, color_grid: int = COLOR_GRID) -> int:
@@ -63,7 +71,20 @@ def fitted(preset: RunPreset, shape: DataShape, color_grid: int = COLOR_GRID) ->
                               image_width=shape.width, downsamples=downsamples(shape, color_grid)),
         vqvae_train=replace(preset.vqvae_train, batch_size=min(preset.vqvae_train.batch_size, shape.count)),
         prior=replace(preset.prior, dropout=dropout),
-        prior_train=replace(preset.prior_train, batch_size=min(preset.prior_train.batch_size, shape.count)))
+        prior_train=replace(preset.prior_train, batch_size=min(preset.prior_train.batch_size, shape.count)),
+        decoder_train=preset.decoder_train and replace(preset.decoder_train,
+                                                       batch_size=min(preset.decoder_train.batch_size, shape.count)))
+
+
+def with_decoder_tuning(preset: RunPreset, shape: DataShape, tune: bool | None) -> RunPreset:
+    """`preset` whose run tunes its decoder (`tune` True: by the preset's tuning, else DECODER_TUNING) or does not
+    (False); None: as the preset says."""
+    if tune is None:
+        return preset
+    if not tune:
+        return replace(preset, decoder_train=None)
+    tuning = preset.decoder_train or DECODER_TUNING
+    return replace(preset, decoder_train=replace(tuning, batch_size=min(tuning.batch_size, shape.count)))
 
 
 def quick(shape: DataShape) -> RunPreset:
@@ -109,7 +130,9 @@ def _color() -> RunPreset:
     encoder costs twice the time for less. The prior models what the samples show, so it gets most of the
     run's time (1,650 steps of 256-position grids) and the VQ-VAE what is left after export, judge and
     eval; sized in minutes instead (`--minutes`), the VQ-VAE gets a tenth of them: a fifth reconstructed
-    better and sampled worse, its codes costing the prior 0.5 bits each."""
+    better and sampled worse, its codes costing the prior 0.5 bits each. After export the decoder is tuned
+    alone on the codes for 2,000 steps (about 2 minutes; `DECODER_TUNING`): on the same codes its samples and
+    reconstructions come closer to the real images (docs/experiments.md, "Tuning the decoder")."""
     return RunPreset(
         vqvae=VQVAEConfig.small(hidden=128, res_hidden=64, code_dim=64, codebook_size=512),
         vqvae_train=TrainConfig(steps=1600, batch_size=64, lr=1e-3, precision="auto", eval_every=500,
@@ -117,7 +140,7 @@ def _color() -> RunPreset:
         prior=PriorConfig.small(layers=12),
         prior_train=TrainConfig(steps=1650, batch_size=64, lr=2e-3, precision="auto", ema=0.999, eval_every=500,
                                 checkpoint_every=250),
-        flip=True, vqvae_share=0.1)
+        decoder_train=DECODER_TUNING, flip=True, vqvae_share=0.1)
 
 
 def paper(shape: DataShape) -> RunPreset:

@@ -43,11 +43,13 @@ def write_report(out: Path, spec: dict[str, Any], timings: dict[str, float], exp
     """`steps`: what each training stage took (`vqgen run --steps-of` trains exactly those); `budget`: the plan
     of a run sized in minutes (pipeline/budget.py), None for one sized in steps."""
     vqvae = read_metrics(out / "vqvae" / "metrics.jsonl")
+    decoder = out / "decoder" / "metrics.jsonl"  # a tuned decoder's (stage1_vqvae/decoder_tuning.py)
     prior = read_metrics(out / "prior" / "metrics.jsonl")
     previous = read_json(out / "report.json") if (out / "report.json").exists() else {}
     export_figures = {split: figures or previous.get("export", {}).get(split, {}) for split, figures in exports.items()}
     report = {
         "vqvae": _stage(vqvae, "images_per_s"),
+        "decoder": _stage(read_metrics(decoder), "images_per_s") if decoder.exists() else None,
         "export": {split: {**figures, "manifest": read_manifest(out / "latents" / split).to_json()}
                    for split, figures in export_figures.items()},
         "prior": _stage(prior, "grids_per_s"),

@@ -7,8 +7,8 @@ resumes, so running the same command again after an interruption finishes the jo
 any of it. Under torchrun every rank runs every stage, but for those marked `main_only`, which rank
 0 runs alone while the others wait.
 
-With TensorBoard, RUN/tensorboard holds one sub-run per stage that runs: vqvae/, prior/, judge/,
-eval/ and samples/.
+With TensorBoard, RUN/tensorboard holds one sub-run per stage that runs: vqvae/, decoder/ (when the run
+tunes it), prior/, judge/, eval/ and samples/.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ from vqgen.pipeline.evaluation.held_out import check_evaluable
 from vqgen.pipeline.evaluation.judge import Judge, train_judge
 from vqgen.pipeline.evaluation.likelihood import bits_per_dim
 from vqgen.pipeline.evaluation.search import EvalOptions
-from vqgen.pipeline.generate import SAMPLING_FILE, Generator, save_samples
+from vqgen.pipeline.generate import DECODER_FOLDER, SAMPLING_FILE, Generator, run_vqvae, save_samples
 from vqgen.pipeline.report import write_report
 from vqgen.pipeline.spec import RunSpec, claim_run_dir
+from vqgen.stage1_vqvae.decoder_tuning import tune_decoder
 from vqgen.stage1_vqvae.export import export_latents, file_sha256
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage1_vqvae.train import train_vqvae
@@ -101,6 +102,13 @@ class Run:
             return self.spec.vqvae_train
         return replace(self.spec.vqvae_train, max_seconds=vqvae_seconds(self.spec.minutes, self.spec.vqvae_share))
 
+    def decoder_train(self) -> TrainConfig | None:
+        """The decoder tuning's options as this run trains them (None: not tuned): under --minutes, its share of them."""
+        train = self.spec.decoder_train
+        if self.spec.minutes is None or train is None:
+            return train
+        return replace(train, max_seconds=vqvae_seconds(self.spec.minutes, self.spec.decoder_share))
+
     def prior_train(self) -> TrainConfig:
         """The prior's options as this run trains them: under --minutes, what is left of them (pipeline/budget.py)."""
         if self.spec.minutes is None:
@@ -147,6 +155,18 @@ def _train_vqvae(run: Run) -> None:
                 eval_images=run.spec.eval_images, progress=run.progress)
 
 
+def _decoder_tuned(run: Run) -> bool:
+    train = run.decoder_train()
+    return train is None or finished(run.out / DECODER_FOLDER, train)
+
+
+def _tune_decoder(run: Run) -> None:
+    """The decoder tuned on the train split's exported codes, into RUN/decoder, which sampling then decodes with."""
+    tune_decoder(run.out / "vqvae", run.out / "latents" / "train", run.trained, run.test_images,
+                 run.decoder_train(), run.out / DECODER_FOLDER, eval_images=run.spec.eval_images,
+                 progress=run.progress)
+
+
 def _train_prior(run: Run) -> None:
     train_prior(run.spec.prior, run.prior_train(), run.out / "latents" / "train", run.out / "latents" / "test",
                 run.out / "prior", eval_grids=run.spec.eval_images, progress=run.progress)
@@ -177,7 +197,7 @@ def _sample(run: Run) -> None:
 
 def _likelihood(run: Run) -> None:
     device, spec = run.device, run.spec
-    run.likelihood = bits_per_dim(VQVAE.from_pretrained(run.out / "vqvae").to(device),
+    run.likelihood = bits_per_dim(VQVAE.from_pretrained(run_vqvae(run.out)).to(device),
                                   GatedPixelCNN.from_pretrained(run.out / "prior").to(device), run.train_images,
                                   run.test_images, spec.eval_images, spec.prior_train.seed)
 
@@ -186,6 +206,7 @@ STAGES = (  # the judge before the prior: a run sized in minutes plans the prior
     Stage("vqvae", lambda run: finished(run.out / "vqvae", run.vqvae_train()), _train_vqvae),
     Stage("export_train", _exported("train"), _export("train")),
     Stage("export_test", _exported("test"), _export("test")),
+    Stage("decoder", _decoder_tuned, _tune_decoder),
     Stage("judge", _evaluated, _train_judge),
     Stage("budget", lambda run: run.spec.minutes is None or (run.out / BUDGET_FILE).exists(), plan_prior,
           main_only=True),
@@ -197,13 +218,15 @@ STAGES = (  # the judge before the prior: a run sized in minutes plans the prior
 
 
 def with_tensorboard(spec: RunSpec, root: Path | None) -> RunSpec:
-    """`spec` whose two training stages write TensorBoard events into root/vqvae and root/prior;
+    """`spec` whose training stages write TensorBoard events into root/vqvae, root/prior (and root/decoder);
     unchanged when `root` is None. Fails at once when the tensorboard package is missing."""
     if root is None:
         return spec
     require_tensorboard()
     return replace(spec, vqvae_train=replace(spec.vqvae_train, tensorboard=sub_run(root, "vqvae")),
-                   prior_train=replace(spec.prior_train, tensorboard=sub_run(root, "prior")))
+                   prior_train=replace(spec.prior_train, tensorboard=sub_run(root, "prior")),
+                   decoder_train=spec.decoder_train and replace(spec.decoder_train,
+                                                                tensorboard=sub_run(root, DECODER_FOLDER)))
 
 
 def run(spec: RunSpec, out: str | Path, download: bool = False, progress: bool = True,
@@ -268,7 +291,7 @@ def sample_run(out: Path, spec: RunSpec, progress: bool, tensorboard: str | None
     """The run's sample grid, a row per class when the data is labelled, at the prior's sampling defaults
     (those `vqgen eval` chose) with the options the run fixed replaced; shown in TensorBoard as samples/grid."""
     samples_dir = out / "samples"
-    generator = Generator.from_pretrained(out / "vqvae", out / "prior", device=spec.prior_train.device)
+    generator = Generator.from_pretrained(run_vqvae(out), out / "prior", device=spec.prior_train.device)
     seed = spec.prior_train.seed
     if generator.num_classes:
         per_class = max(1, spec.samples // generator.num_classes)

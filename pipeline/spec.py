@@ -37,13 +37,16 @@ class RunSpec:
     flip: bool = False  # both stages train on the train split and its mirror images
     minutes: float | None = None  # the run's wall time, which sizes its stages (pipeline/budget.py); None: steps
     vqvae_share: float = 0.15  # of `minutes`, the VQ-VAE's training time
+    decoder_train: TrainConfig | None = None  # the decoder tuned alone on the exported codes; None: not tuned
+    decoder_share: float = 0.06  # of `minutes`, the decoder tuning's time
 
     def __post_init__(self) -> None:
         SamplingOptions(**self.sampling)  # unknown or bad options, named, before any work
         if self.minutes is not None and not self.minutes > 0:
             raise UsageError(f"--minutes {self.minutes:g} is not allowed; must be > 0")
-        if not 0 < self.vqvae_share < 1:
-            raise UsageError(f"vqvae_share={self.vqvae_share:g} is not allowed; must be in (0, 1)")
+        for name in ("vqvae_share", "decoder_share"):
+            if not 0 < getattr(self, name) < 1:
+                raise UsageError(f"{name}={getattr(self, name):g} is not allowed; must be in (0, 1)")
 
     @classmethod
     def from_preset(cls, preset: str | RunPreset = "default", data: str = "builtin", data_root: str | None = None,
@@ -52,20 +55,23 @@ class RunSpec:
         """What `vqgen run --preset PRESET --data DATA` runs before its other flags: the preset (a name in
         RUN_PRESETS, or one sized already) sized for the data by pipeline/presets.py's rule, for `minutes`
         (default: the preset's own, if it states minutes; 0: its steps), or for the `steps` of each training stage
-        (`--steps-of`: {"vqvae": n, "prior": m}, no time budget). Sized in minutes, the stages' steps
+        (`--steps-of`: {"vqvae": n, "prior": m, and "decoder" when it was tuned}, no time budget). Sized in minutes, the stages' steps
         are a cap no run reaches (a --steps flag given after sets one)."""
         if isinstance(preset, str):
             preset = RUN_PRESETS[preset](data_shape(data, data_root, download, image_size, index_dir=index_dir))
-        vqvae_train, prior_train = preset.vqvae_train, preset.prior_train
+        trains = {"vqvae": preset.vqvae_train, "prior": preset.prior_train, "decoder": preset.decoder_train}
         minutes = None if steps or minutes == 0 else minutes or preset.minutes  # 0: the preset's steps
-        if steps:
-            vqvae_train, prior_train = (replace(vqvae_train, steps=steps["vqvae"], max_seconds=0.0),
-                                        replace(prior_train, steps=steps["prior"], max_seconds=0.0))
-        elif minutes:
-            vqvae_train, prior_train = (replace(vqvae_train, steps=UNCAPPED), replace(prior_train, steps=UNCAPPED))
-        return cls(data=data, data_root=data_root, image_size=image_size, vqvae=preset.vqvae, vqvae_train=vqvae_train,
-                   prior=preset.prior, prior_train=prior_train, eval_images=preset.eval_images, flip=preset.flip,
-                   minutes=minutes, vqvae_share=preset.vqvae_share)
+        for stage, train in trains.items():
+            if train is None:
+                continue
+            if steps:
+                trains[stage] = replace(train, steps=steps.get(stage, train.steps), max_seconds=0.0)
+            elif minutes:
+                trains[stage] = replace(train, steps=UNCAPPED)
+        return cls(data=data, data_root=data_root, image_size=image_size, vqvae=preset.vqvae,
+                   vqvae_train=trains["vqvae"], prior=preset.prior, prior_train=trains["prior"],
+                   eval_images=preset.eval_images, flip=preset.flip, minutes=minutes, vqvae_share=preset.vqvae_share,
+                   decoder_train=trains["decoder"], decoder_share=preset.decoder_share)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,15 +92,18 @@ class RunSpec:
             return cls(**{**raw, "vqvae": config_from_dict(VQVAEConfig, raw["vqvae"], source),
                           "vqvae_train": config_from_dict(TrainConfig, raw["vqvae_train"], source),
                           "prior": config_from_dict(PriorConfig, raw["prior"], source),
-                          "prior_train": config_from_dict(TrainConfig, raw["prior_train"], source)})
+                          "prior_train": config_from_dict(TrainConfig, raw["prior_train"], source),
+                          "decoder_train": raw.get("decoder_train") and config_from_dict(TrainConfig,
+                                                                                         raw["decoder_train"], source)})
         except (KeyError, TypeError) as err:
             raise VQGenError(f"{source} is not a vqgen run description ({err})") from None
 
 
 def _binding(spec: RunSpec) -> dict[str, Any]:
     raw = spec.to_json()
-    for train in ("vqvae_train", "prior_train"):
-        raw[train] = {k: v for k, v in raw[train].items() if k not in fields_where(TrainConfig, resume="runtime")}
+    for train in ("vqvae_train", "prior_train", "decoder_train"):
+        if raw[train] is not None:
+            raw[train] = {k: v for k, v in raw[train].items() if k not in fields_where(TrainConfig, resume="runtime")}
     return raw
 
 

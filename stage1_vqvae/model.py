@@ -99,6 +99,11 @@ class VQVAE(nn.Module, Pretrained):
         self.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> VQVAEOutput:
+        return self.reconstruct(images)
+
+    def reconstruct(self, images: torch.Tensor) -> VQVAEOutput:
+        """Encode, quantize, decode: the forward pass, by a name that a subclass whose forward differs keeps
+        (stage1_vqvae/decoder_tuning.py decodes codes)."""
         quantized = self.quantizer(self.encoder(images))
         means, log_scales = self.decoder(quantized.quantized)
         return VQVAEOutput(means, quantized, log_scales)

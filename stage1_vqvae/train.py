@@ -43,7 +43,7 @@ def evaluate_vqvae(model: VQVAE, data: BatchedImages, device: torch.device, limi
     for start in range(0, len(rows), EVAL_BATCH):
         images, _ = data.__getitems__(rows[start:start + EVAL_BATCH])
         images = images.to(device)
-        out = model(images)
+        out = model.reconstruct(images)
         # the image the model shows (decode, samples, reconstructions.png) is its means clamped to [0, 1]: a
         # logistic decoder's mean for a black or white pixel may sit far outside, as its end bins are open
         shown = out.reconstruction.float().clamp(0, 1)
@@ -58,6 +58,19 @@ def evaluate_vqvae(model: VQVAE, data: BatchedImages, device: torch.device, limi
     if model.config.decoder == "logistic":
         figures["decoder_bits_per_dim"] = bits / max(pixels, 1)
     return figures
+
+
+def reconstruction_loss(images: torch.Tensor, means: torch.Tensor,
+                        log_scales: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The decoder's loss on (B, C, H, W) images and its metrics: squared error, or for a logistic decoder
+    (`log_scales` given) the negative log-likelihood of the pixels, in nats per pixel value."""
+    mse = F.mse_loss(means.float(), images)
+    metrics = {"mse": mse.detach()}
+    if log_scales is None:
+        return mse, metrics
+    nats = discretized_logistic_nats(images, means.float(), log_scales.float()).mean()
+    metrics["bits_per_dim"] = nats.detach() / math.log(2)
+    return nats, metrics
 
 
 class VQVAETask:
@@ -75,14 +88,10 @@ class VQVAETask:
     def step(self, model: nn.Module, batch: Any, device: torch.device) -> StepResult:
         images = batch[0].to(device, non_blocking=True)  # (B, C, H, W)
         out = model(images)
-        mse = F.mse_loss(out.reconstruction.float(), images)
+        loss, metrics = reconstruction_loss(images, out.reconstruction, out.log_scales)
         q = out.quantizer
-        metrics = {"mse": mse.detach(), "perplexity": q.perplexity.detach(), "usage": q.usage.detach()}
-        if out.log_scales is None:
-            return StepResult(mse + q.loss, metrics)
-        nats = discretized_logistic_nats(images, out.reconstruction.float(), out.log_scales.float()).mean()
-        metrics["bits_per_dim"] = nats.detach() / math.log(2)
-        return StepResult(nats + q.loss, metrics)
+        metrics.update(perplexity=q.perplexity.detach(), usage=q.usage.detach())
+        return StepResult(loss + q.loss, metrics)
 
     def after_step(self, step: int) -> dict[str, float]:
         """Dead-code restarts every `restart_every` steps (a host sync, so not every step)."""
@@ -100,7 +109,7 @@ class VQVAETask:
         shown = spread_rows(self.held_out.labels, len(self.held_out), SHOWN, self.seed)
         images, _ = self.held_out.__getitems__(shown)
         images = images.to(next(model.parameters()).device)
-        recon = model(images).reconstruction.float().clamp(0, 1)
+        recon = model.reconstruct(images).reconstruction.float().clamp(0, 1)
         rows = torch.stack([images.cpu(), recon.cpu()], dim=1).flatten(0, 1)  # (2B, C, H, W): real, decoded
         return {"reconstructions": Figure(rows, nrow=16)}
 

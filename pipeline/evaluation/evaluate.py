@@ -38,7 +38,7 @@ from vqgen.pipeline.evaluation.scoring import Scored, Scorer, reconstruct, score
 from vqgen.pipeline.evaluation.search import EvalOptions
 from vqgen.pipeline.evaluation.seeds import Seeds
 from vqgen.pipeline.evaluation.selection import select
-from vqgen.pipeline.generate import Generator, save_sampling
+from vqgen.pipeline.generate import Generator, run_vqvae, save_sampling
 from vqgen.pipeline.spec import load_spec, require_run_dir
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage2_prior.model import GatedPixelCNN
@@ -62,7 +62,7 @@ def evaluate_run(out: str | Path, options: EvalOptions = EvalOptions(), progress
         spec = load_spec(out)
         train, test = data or (spec.open_split("train", index_dir=out), spec.open_split("test", index_dir=out))
         # not from_pretrained: the prior's saved defaults must not stand in for the settings asked for
-        generator = Generator(VQVAE.from_pretrained(out / "vqvae"), GatedPixelCNN.from_pretrained(out / "prior"),
+        generator = Generator(VQVAE.from_pretrained(run_vqvae(out)), GatedPixelCNN.from_pretrained(out / "prior"),
                               device=options.device)
         options.check(generator.prior.config)  # before the judge trains
         check_evaluable(test, options.n_per_class)

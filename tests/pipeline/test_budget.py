@@ -124,3 +124,19 @@ def test_steps_of_a_run_without_steps_is_one_line(tmp_path: Path, folder: Path,
     (tmp_path / "old" / "report.json").write_text(json.dumps({"vqvae": {}}))
     assert vqgen("run", "--data", folder, "--out", tmp_path / "run", "--steps-of", tmp_path / "old", *TINY) == 1
     assert "records no steps of a finished run" in capsys.readouterr().err
+
+
+def test_a_tuned_decoder_takes_its_share_of_the_minutes(tmp_path: Path, folder: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --tune-decoder the decoder trains for its 6% of the minute after the exports (3.6 s: 4 steps, the last
+    the one that reaches it), and the prior's plan counts them as spent: 4 steps fewer than the run above's 34."""
+    clock = RunClock(monkeypatch)
+    out = tmp_path / "minutes"
+    assert vqgen("run", "--data", folder, "--out", out, "--minutes", "1", *TINY, "--tune-decoder",
+                 "--decoder-batch-size", "8") == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == {"vqvae": 9, "prior": 30, "decoder": 4}
+    assert report["timings_s"]["decoder"] == pytest.approx(4.0)
+    after = 4 * GRID_S + 16 * IMAGE_S
+    assert report["budget"]["spent_before_prior_s"] == pytest.approx(9 + 4 + 2 * EXPORT_S + after + EVAL_S + 2)
+    assert abs(clock.now - 60 * (1 - budget.MARGIN)) <= 1.0

@@ -42,7 +42,8 @@ def vqgen_frames(stderr: str) -> list[str]:
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("torchrun") / "run"
-    return out, torchrun("run", "--data", folder, "--out", out, *TINY_RUN, "--eval")
+    return out, torchrun("run", "--data", folder, "--out", out, *TINY_RUN, "--eval", "--tune-decoder",
+                         "--decoder-steps", "4", "--decoder-batch-size", "8")
 
 
 def test_vqgen_run_finishes_under_torchrun_with_every_file(job: tuple[Path, subprocess.CompletedProcess]) -> None:
@@ -50,6 +51,7 @@ def test_vqgen_run_finishes_under_torchrun_with_every_file(job: tuple[Path, subp
     assert done.returncode == 0, failure(done)
     report = json.loads((out / "report.json").read_text())
     assert report["vqvae"]["setup"]["processes"] == report["prior"]["setup"]["processes"] == 2
+    assert report["decoder"]["setup"]["processes"] == 2 and report["steps"]["decoder"] == 4
     assert report["eval"]["chosen"]["frechet"] >= 0 and report["eval"]["classification_accuracy_score"]
     for split in ("train", "test"):
         manifest = json.loads((out / "latents" / split / "manifest.json").read_text())
@@ -67,6 +69,8 @@ def test_stage_commands_run_under_torchrun(job: tuple[Path, subprocess.Completed
     steps = [("train-vqvae", "--data", folder, "--out", tmp_path / "vqvae", *TINY_VQVAE),
              ("export", "--vqvae", tmp_path / "vqvae", "--data", folder, "--out", tmp_path / "latents" / "train",
               "--device", "cpu"),
+             ("tune-decoder", "--vqvae", tmp_path / "vqvae", "--latents", tmp_path / "latents" / "train", "--data",
+              folder, "--out", tmp_path / "decoder", "--steps", "2", "--batch-size", "8", "--device", "cpu"),
              ("train-prior", "--latents", tmp_path / "latents" / "train", "--eval-latents",
               tmp_path / "latents" / "train", "--out", tmp_path / "prior", *TINY_PRIOR),
              ("sample", "--vqvae", out / "vqvae", "--prior", out / "prior", "-n", "4", "--out", tmp_path / "samples",
