@@ -86,9 +86,9 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train(parser: argparse.ArgumentParser, prefix: str = "", skip: Sequence[str] = (),
-               defaults: TrainConfig | None = None) -> None:
+               defaults: TrainConfig | None = None, default_text: str = "preset default") -> None:
     add_config_options(parser, TrainConfig, prefix=prefix, skip=skip, title=f"{prefix or ''}training options",
-                       defaults=defaults)
+                       defaults=defaults, default_text=default_text)
 
 
 def _add_tensorboard(parser: argparse.ArgumentParser, where: str) -> None:
@@ -134,7 +134,7 @@ def _tune_decoder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path,
                    help="directory of the tuned VQ-VAE (config.json, model.safetensors, state.pt), to sample with")
     p.add_argument("--eval-images", type=_positive("--eval-images"), default=2000, help="held-out images per eval")
-    _add_train(p, defaults=DECODER_TUNING)
+    _add_train(p, defaults=DECODER_TUNING, default_text="default")
     _add_tensorboard(p, "OUT/tensorboard")
 
 
@@ -239,9 +239,9 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
                         "and paper and for grayscale images)")
     p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=None,
                    help="run `vqgen eval` after training (default: on, except for --preset quick)")
-    _add_tensorboard(p, "RUN/tensorboard, a sub-run per stage (vqvae/, prior/, judge/, eval/, samples/)")
+    _add_tensorboard(p, "RUN/tensorboard, a sub-run per stage (vqvae/, decoder/, prior/, judge/, eval/, samples/)")
     shared = fields_where(TrainConfig, shared=True)
-    add_config_options(p, TrainConfig, skip=fields_where(TrainConfig, shared=False), title="options of both stages")
+    add_config_options(p, TrainConfig, skip=fields_where(TrainConfig, shared=False), title="options of every training stage")
     add_config_options(p, VQVAEConfig, prefix="vqvae-", title="VQ-VAE options")
     _add_train(p, prefix="vqvae-", skip=shared)
     add_config_options(p, PriorConfig, prefix="prior-", title="prior options")

@@ -33,7 +33,7 @@ from vqgen.pipeline.evaluation.classification_score import CAS_STEPS, cas_images
 from vqgen.pipeline.evaluation.held_out import held_out
 from vqgen.pipeline.evaluation.likelihood import bits_per_dim
 from vqgen.pipeline.evaluation.selection import planned_samples, round_sizes
-from vqgen.pipeline.generate import Generator, run_vqvae
+from vqgen.pipeline.generate import DECODER_FOLDER, Generator, run_vqvae
 from vqgen.stage1_vqvae.model import VQVAE
 from vqgen.stage2_prior.train import PriorTask, eval_rows, evaluate_prior, fit_to_latents
 from vqgen.stage2_prior.model import GatedPixelCNN
@@ -49,7 +49,7 @@ PRIOR_AT_LEAST = 0.1   # of M: fewer minutes than leave the prior this are refus
 PROBE_IMAGES = 64      # test images (grids) whose likelihood, judging (evaluation) is timed
 
 
-def vqvae_seconds(minutes: float, share: float) -> float:
+def share_seconds(minutes: float, share: float) -> float:
     return 60 * minutes * share
 
 
@@ -153,7 +153,7 @@ def _seconds(work: Callable[[], Any]) -> float:
 
 def steps_taken(out: Path) -> dict[str, int]:
     """report.json's `steps`: what each training stage of the run in `out` took (the decoder's when it was tuned)."""
-    stages = ("vqvae", "prior", "decoder") if (out / "decoder").is_dir() else ("vqvae", "prior")
+    stages = ("vqvae", "prior", DECODER_FOLDER) if (out / DECODER_FOLDER).is_dir() else ("vqvae", "prior")
     return {stage: saved_step(out / stage) for stage in stages}
 
 

@@ -221,7 +221,8 @@ def _decoder_train(args: argparse.Namespace, tuning: TrainConfig | None,
 def _run_summary(out: Path, report: dict[str, Any]) -> str:
     """The closing line: each figure with its unit, codebook use as a count of K."""
     codebook_size = report["config"]["vqvae"]["codebook_size"]
-    return (f"run finished in {out}: VQ-VAE {describe(report['vqvae']['eval'], VQVAE_SUMMARY, codebook_size)}; "
+    tuned = f"decoder tuned: {describe(report['decoder']['eval'], ('psnr',))}; " if report.get("decoder") else ""
+    return (f"run finished in {out}: VQ-VAE {describe(report['vqvae']['eval'], VQVAE_SUMMARY, codebook_size)}; {tuned}"
             f"prior {describe(report['prior']['eval'], PRIOR_SUMMARY)}; "
             f"{report['likelihood']['bits_per_dim']:.3f} bits/dim; samples in {out / 'samples' / 'grid.png'}")
 

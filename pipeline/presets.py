@@ -69,11 +69,14 @@ def fitted(preset: RunPreset, shape: DataShape, color_grid: int = COLOR_GRID) ->
     return replace(
         preset, vqvae=replace(preset.vqvae, in_channels=shape.channels, image_height=shape.height,
                               image_width=shape.width, downsamples=downsamples(shape, color_grid)),
-        vqvae_train=replace(preset.vqvae_train, batch_size=min(preset.vqvae_train.batch_size, shape.count)),
-        prior=replace(preset.prior, dropout=dropout),
-        prior_train=replace(preset.prior_train, batch_size=min(preset.prior_train.batch_size, shape.count)),
-        decoder_train=preset.decoder_train and replace(preset.decoder_train,
-                                                       batch_size=min(preset.decoder_train.batch_size, shape.count)))
+        vqvae_train=_batch_within(preset.vqvae_train, shape), prior=replace(preset.prior, dropout=dropout),
+        prior_train=_batch_within(preset.prior_train, shape),
+        decoder_train=preset.decoder_train and _batch_within(preset.decoder_train, shape))
+
+
+def _batch_within(train: TrainConfig, shape: DataShape) -> TrainConfig:
+    """No batch larger than the train split."""
+    return replace(train, batch_size=min(train.batch_size, shape.count))
 
 
 def with_decoder_tuning(preset: RunPreset, shape: DataShape, tune: bool | None) -> RunPreset:
@@ -83,8 +86,7 @@ def with_decoder_tuning(preset: RunPreset, shape: DataShape, tune: bool | None) 
         return preset
     if not tune:
         return replace(preset, decoder_train=None)
-    tuning = preset.decoder_train or DECODER_TUNING
-    return replace(preset, decoder_train=replace(tuning, batch_size=min(tuning.batch_size, shape.count)))
+    return replace(preset, decoder_train=_batch_within(preset.decoder_train or DECODER_TUNING, shape))
 
 
 def quick(shape: DataShape) -> RunPreset:

@@ -11,6 +11,7 @@ from vqgen.data.latents import read_manifest
 from vqgen.engine.metrics_log import read_metrics
 from vqgen.engine.runtime import machine
 from vqgen.pipeline.evaluation.report import EVAL_FILE
+from vqgen.pipeline.generate import DECODER_FOLDER
 from vqgen.pipeline.plots import Panel, Series, plot_curves
 
 
@@ -43,7 +44,7 @@ def write_report(out: Path, spec: dict[str, Any], timings: dict[str, float], exp
     """`steps`: what each training stage took (`vqgen run --steps-of` trains exactly those); `budget`: the plan
     of a run sized in minutes (pipeline/budget.py), None for one sized in steps."""
     vqvae = read_metrics(out / "vqvae" / "metrics.jsonl")
-    decoder = out / "decoder" / "metrics.jsonl"  # a tuned decoder's (stage1_vqvae/decoder_tuning.py)
+    decoder = out / DECODER_FOLDER / "metrics.jsonl"  # a tuned decoder's (stage1_vqvae/decoder_tuning.py)
     prior = read_metrics(out / "prior" / "metrics.jsonl")
     previous = read_json(out / "report.json") if (out / "report.json").exists() else {}
     export_figures = {split: figures or previous.get("export", {}).get(split, {}) for split, figures in exports.items()}

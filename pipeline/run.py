@@ -31,7 +31,7 @@ from vqgen.engine.files import read_json, write_json
 from vqgen.engine.locks import directory_lock
 from vqgen.engine.tensorboard import TENSORBOARD_DIR, open_sink, require_tensorboard, sub_run
 from vqgen.engine.train_config import TrainConfig
-from vqgen.pipeline.budget import BUDGET_FILE, plan_prior, prior_budget, steps_taken, vqvae_seconds
+from vqgen.pipeline.budget import BUDGET_FILE, plan_prior, prior_budget, share_seconds, steps_taken
 from vqgen.pipeline.evaluation.evaluate import evaluate_run
 from vqgen.pipeline.evaluation.held_out import check_evaluable
 from vqgen.pipeline.evaluation.judge import Judge, train_judge
@@ -100,14 +100,14 @@ class Run:
         """The VQ-VAE's options as this run trains them: under --minutes, its share of them as a time budget."""
         if self.spec.minutes is None:
             return self.spec.vqvae_train
-        return replace(self.spec.vqvae_train, max_seconds=vqvae_seconds(self.spec.minutes, self.spec.vqvae_share))
+        return replace(self.spec.vqvae_train, max_seconds=share_seconds(self.spec.minutes, self.spec.vqvae_share))
 
     def decoder_train(self) -> TrainConfig | None:
         """The decoder tuning's options as this run trains them (None: not tuned): under --minutes, its share of them."""
         train = self.spec.decoder_train
         if self.spec.minutes is None or train is None:
             return train
-        return replace(train, max_seconds=vqvae_seconds(self.spec.minutes, self.spec.decoder_share))
+        return replace(train, max_seconds=share_seconds(self.spec.minutes, self.spec.decoder_share))
 
     def prior_train(self) -> TrainConfig:
         """The prior's options as this run trains them: under --minutes, what is left of them (pipeline/budget.py)."""

@@ -55,17 +55,18 @@ class RunSpec:
         """What `vqgen run --preset PRESET --data DATA` runs before its other flags: the preset (a name in
         RUN_PRESETS, or one sized already) sized for the data by pipeline/presets.py's rule, for `minutes`
         (default: the preset's own, if it states minutes; 0: its steps), or for the `steps` of each training stage
-        (`--steps-of`: {"vqvae": n, "prior": m, and "decoder" when it was tuned}, no time budget). Sized in minutes, the stages' steps
+        (`--steps-of`: {"vqvae": n, "prior": m, and "decoder" when it was tuned: without, none is}, no time budget). Sized in minutes, the stages' steps
         are a cap no run reaches (a --steps flag given after sets one)."""
         if isinstance(preset, str):
             preset = RUN_PRESETS[preset](data_shape(data, data_root, download, image_size, index_dir=index_dir))
-        trains = {"vqvae": preset.vqvae_train, "prior": preset.prior_train, "decoder": preset.decoder_train}
+        trains = {"vqvae": preset.vqvae_train, "prior": preset.prior_train,
+                  "decoder": None if steps and "decoder" not in steps else preset.decoder_train}
         minutes = None if steps or minutes == 0 else minutes or preset.minutes  # 0: the preset's steps
         for stage, train in trains.items():
             if train is None:
                 continue
             if steps:
-                trains[stage] = replace(train, steps=steps.get(stage, train.steps), max_seconds=0.0)
+                trains[stage] = replace(train, steps=steps[stage], max_seconds=0.0)
             elif minutes:
                 trains[stage] = replace(train, steps=UNCAPPED)
         return cls(data=data, data_root=data_root, image_size=image_size, vqvae=preset.vqvae,

@@ -40,7 +40,7 @@ from vqgen.engine.files import load_tensors, read_json, write_json
 from vqgen.engine.locks import directory_lock
 from vqgen.engine.runtime import pick_device
 from vqgen.pipeline.evaluation.report import EVAL_FILE
-from vqgen.pipeline.generate import PRIOR_FOLDER, VQVAE_FOLDER, Generator
+from vqgen.pipeline.generate import PRIOR_FOLDER, Generator, run_vqvae
 from vqgen.pipeline.spec import load_spec, require_run_dir
 
 FID_SAMPLES = 10_000  # the N of most papers' CIFAR-10 and ImageNet FIDs (some use 50,000)
@@ -153,7 +153,7 @@ def standard_fid(run: str | Path, samples: int = FID_SAMPLES, weights: Path | No
     with directory_lock(run):
         report = read_json(run / EVAL_FILE, "eval figures (run `vqgen eval` first)")
         train = load_spec(run).open_split("train", index_dir=run)
-        generator = Generator.from_pretrained(run / VQVAE_FOLDER, run / PRIOR_FOLDER, device=device)
+        generator = Generator.from_pretrained(run_vqvae(run), run / PRIOR_FOLDER, device=device)
         start = time.perf_counter()
         images = draw(generator, samples, seed, progress)
         sampled = time.perf_counter()

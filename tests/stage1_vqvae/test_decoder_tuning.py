@@ -87,7 +87,13 @@ def test_latents_that_are_not_the_images_codes_are_refused(tmp_path: Path, digit
         tune_decoder(other_dir, latents_dir, digits[0], digits[1], TUNING, tmp_path / "x", progress=False)
     with pytest.raises(VQGenError, match=r"holds 64 code grids but the images are 128.*--flip"):
         tune_decoder(vqvae_dir, latents_dir, Mirrored(digits[0]), digits[1], TUNING, tmp_path / "y", progress=False)
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    with pytest.raises(VQGenError, match=r"holds the codes of builtin \(train\), not of builtin \(test\)"):
+        tune_decoder(vqvae_dir, latents_dir, make_builtin("test", seed=0, count=64), digits[1], TUNING, tmp_path / "z",
+                     progress=False)
+    color = ImageDataset(torch.zeros(64, 3, 28, 28, dtype=torch.uint8), None, replace(digits[0].info, channels=3))
+    with pytest.raises(VQGenError, match="images are 3x28x28 but the VQ-VAE was built for 1x28x28"):
+        tune_decoder(vqvae_dir, latents_dir, color, digits[1], TUNING, tmp_path / "w", progress=False)
+    assert not any((tmp_path / d).exists() for d in "xyzw")
 
 
 def test_the_tuned_folder_loads_as_a_vqvae_and_decodes_codes(tmp_path: Path) -> None:
