@@ -249,7 +249,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tune-decoder", action=argparse.BooleanOptionalAction, default=None,
                    help="after export, tune the VQ-VAE's decoder alone on the exported codes (encoder and codebook "
                         "frozen: the codes stay), into RUN/decoder, which samples are then decoded with (default: "
-                        "the preset's: on for color images in --preset default); the --decoder-* options set its "
+                        "the preset's: on in --preset default, off in quick and paper); the --decoder-* options set its "
                         "training, from `vqgen tune-decoder`'s defaults where the preset has none")
     _add_train(p, prefix="decoder-", skip=shared, defaults=DECODER_TUNING)
 
