@@ -90,6 +90,10 @@ class GatedPixelCNN(nn.Module, Pretrained):
         """The layers with a skip connection into the head: every layer with `config.skips`, else the last."""
         return range(0 if self.config.skips else self.config.layers - 1, self.config.layers)
 
+    def attention_at(self, index: int) -> CausalAttention | None:
+        """The attention layer after gated layer `index`, if one follows it (the one place its key is spelled)."""
+        return self.attention[str(index)] if str(index) in self.attention else None
+
     def incremental_head(self) -> PositionHead:
         """Skip connections and head at one position, for the incremental sampler (eval mode)."""
         return PositionHead(self)
@@ -103,8 +107,9 @@ class GatedPixelCNN(nn.Module, Pretrained):
         v, h, skip = x, x, 0
         for index, layer in enumerate(self.layers):
             v, h, s = layer(v, h, labels)  # the last layer returns no v, h
-            if str(index) in self.attention:
-                h = self.attention[str(index)](h)
+            attention = self.attention_at(index)
+            if attention is not None:
+                h = attention(h)
             if s is not None:
                 skip = skip + s  # (B, S, H, W)
         return self.head(skip)  # (B, K, H, W)

@@ -178,8 +178,8 @@ class IncrementalSampler:
     def __init__(self, model: GatedPixelCNN, codes: torch.Tensor, labels: torch.Tensor | None) -> None:
         self.model, self.grid = model, tuple(codes.shape[1:])
         self.caches = [layer.incremental(len(codes), self.grid, labels) for layer in model.layers]
-        self.attention = {int(index): layer.incremental(len(codes), self.grid)
-                          for index, layer in model.attention.items()}  # by the gated layer each follows
+        self.attention = {index: model.attention_at(index).incremental(len(codes), self.grid)  # type: ignore[union-attr]
+                          for index in model.config.attention_after}  # by the gated layer each follows
         self.head = model.incremental_head()
         channels = model.config.channels
         self.gated = codes.new_zeros(len(codes), len(self.caches), channels, dtype=model.embedding.weight.dtype)
