@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-from vqgen.data.images import data_shape, open_dataset
+from vqgen.data.images import Mirrored, data_shape, open_dataset
 from vqgen.engine.distributed import launched_as_main, leave_distributed
 from vqgen.engine.configs import fields_where
 from vqgen.engine.errors import UsageError, VQGenError
@@ -79,7 +79,6 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _tune_decoder(args: argparse.Namespace) -> None:
-    from vqgen.data.images import Mirrored
     from vqgen.stage1_vqvae.decoder_tuning import tune_decoder
 
     train_config = config_from_args(args, DECODER_TUNING, tensorboard=_tensorboard_dir(args, args.out))

@@ -98,16 +98,17 @@ class Run:
 
     def vqvae_train(self) -> TrainConfig:
         """The VQ-VAE's options as this run trains them: under --minutes, its share of them as a time budget."""
-        if self.spec.minutes is None:
-            return self.spec.vqvae_train
-        return replace(self.spec.vqvae_train, max_seconds=share_seconds(self.spec.minutes, self.spec.vqvae_share))
+        return self._in_minutes(self.spec.vqvae_train, self.spec.vqvae_share)
 
     def decoder_train(self) -> TrainConfig | None:
         """The decoder tuning's options as this run trains them (None: not tuned): under --minutes, its share of them."""
-        train = self.spec.decoder_train
-        if self.spec.minutes is None or train is None:
+        return self.spec.decoder_train and self._in_minutes(self.spec.decoder_train, self.spec.decoder_share)
+
+    def _in_minutes(self, train: TrainConfig, share: float) -> TrainConfig:
+        """`train` with, under --minutes, `share` of them as its time budget."""
+        if self.spec.minutes is None:
             return train
-        return replace(train, max_seconds=share_seconds(self.spec.minutes, self.spec.decoder_share))
+        return replace(train, max_seconds=share_seconds(self.spec.minutes, share))
 
     def prior_train(self) -> TrainConfig:
         """The prior's options as this run trains them: under --minutes, what is left of them (pipeline/budget.py)."""
