@@ -241,7 +241,9 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
                    help="run `vqgen eval` after training (default: on, except for --preset quick)")
     _add_tensorboard(p, "RUN/tensorboard, a sub-run per stage (vqvae/, decoder/, prior/, judge/, eval/, samples/)")
     shared = fields_where(TrainConfig, shared=True)
-    add_config_options(p, TrainConfig, skip=fields_where(TrainConfig, shared=False), title="options of every training stage")
+    add_config_options(p, TrainConfig, skip=fields_where(TrainConfig, shared=False), default_text="library default",
+                       title="options of every training stage (given, they set every stage; not given, each stage "
+                             "keeps its preset's value)")
     add_config_options(p, VQVAEConfig, prefix="vqvae-", title="VQ-VAE options")
     _add_train(p, prefix="vqvae-", skip=shared)
     add_config_options(p, PriorConfig, prefix="prior-", title="prior options")

@@ -186,8 +186,10 @@ def _run(args: argparse.Namespace) -> None:
     preset = with_decoder_tuning(RUN_PRESETS[args.preset](shape), shape, args.tune_decoder)  # sized for the data
     spec = RunSpec.from_preset(preset, args.data, args.data_root, args.image_size, minutes=args.minutes,
                                steps=steps_of(args.steps_of) if args.steps_of else None)
-    shared = config_from_args(args, spec.vqvae_train, tensorboard=None)
-    shared_values = {name: getattr(shared, name) for name in fields_where(TrainConfig, shared=True)}
+    # a flag of every stage sets it in each; one not given leaves each stage its preset's value (the color default
+    # compiles its prior alone)
+    shared_values = {name: value for name, value in checked_overrides(args, TrainConfig).items()
+                     if name in fields_where(TrainConfig, shared=True)}
     with flags_named(SamplingOptions):
         spec = replace(
             spec, vqvae=config_from_args(args, spec.vqvae, prefix="vqvae-"),

@@ -129,23 +129,24 @@ def default(shape: DataShape) -> RunPreset:
 
 
 def _color() -> RunPreset:
-    """Color images, chosen on CIFAR-10 (docs/experiments.md, "Color images" and "The color prior at equal
-    wall time"; the run's time and figures on a named machine: docs/performance.md, docs/results.md). Of
-    the levers tried, the grid (16 x 16 codes, module docstring) moved every figure most; more and wider
-    codes (K=512, D=64) and horizontal flips in both stages reconstruct better at the same grid, a wider
-    encoder costs twice the time for less. The prior models what the samples show, so it gets most of the
-    run's time (1,650 steps of 256-position grids) and the VQ-VAE what is left after export, judge and
-    eval; sized in minutes instead (`--minutes`), the VQ-VAE gets a tenth of them: a fifth reconstructed
-    better and sampled worse, its codes costing the prior 0.5 bits each. After export the decoder is tuned
-    alone on the codes for 2,000 steps (about 2 minutes; `DECODER_TUNING`): on the same codes its samples and
-    reconstructions come closer to the real images (docs/experiments.md, "Tuning the decoder")."""
+    """Color images, chosen on CIFAR-10 (docs/experiments.md, "Color images" and "The color prior at equal wall time";
+    the run's time and figures on a named machine: docs/performance.md, docs/results.md). Of the levers tried, the
+    grid (16 x 16 codes, module docstring) moved every figure most; more and wider codes (K=512, D=64) and
+    horizontal flips in both stages reconstruct better at the same grid, a wider encoder costs twice the time for
+    less. The prior models what the samples show, so it gets most of the run's time (1,650 steps of 256-position
+    grids) and the VQ-VAE what is left after export, judge and eval; sized in minutes instead (`--minutes`), the
+    VQ-VAE gets a tenth of them: a fifth reconstructed better and sampled worse, its codes costing the prior 0.5
+    bits each. The prior is compiled: a fifth more steps in its time, for under a minute of compilation
+    (docs/experiments.md, "Speed"). After export the decoder is tuned alone on the codes for 2,000 steps (about 2
+    minutes; `DECODER_TUNING`): on the same codes its samples and reconstructions come closer to the real images
+    (docs/experiments.md, "Tuning the decoder")."""
     return RunPreset(
         vqvae=VQVAEConfig.small(hidden=128, res_hidden=64, code_dim=64, codebook_size=512),
         vqvae_train=TrainConfig(steps=1600, batch_size=64, lr=1e-3, precision="auto", eval_every=500,
                                 checkpoint_every=500),
         prior=PriorConfig.small(layers=12),
         prior_train=TrainConfig(steps=1650, batch_size=64, lr=2e-3, precision="auto", ema=0.999, eval_every=500,
-                                checkpoint_every=250),
+                                checkpoint_every=250, compile=True),
         decoder_train=DECODER_TUNING, flip=True, vqvae_share=0.1)
 
 

@@ -8,9 +8,12 @@ import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import vqgen.pipeline.run as pipeline_run
 import vqgen.stage1_vqvae.export as export
 from vqgen.data.images import open_dataset
 from vqgen.engine.configs import RESUME_RULES, fields_where
@@ -93,6 +96,29 @@ def test_python_callers_get_field_names_and_the_command_line_flags(tmp_path: Pat
     assert vqgen("run", "--out", tmp_path / "r", "--guidance-interval", "2") == 2
     assert "--guidance-interval=2.0 is not allowed" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def _color_folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(("flags", "vqvae", "prior"), [((), False, True), (("--compile",), True, True),
+                                                      (("--no-compile",), False, False)])
+def test_a_flag_of_every_stage_sets_each_and_one_not_given_leaves_each_its_presets(
+        flags: tuple[str, ...], vqvae: bool, prior: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    specs: list[RunSpec] = []
+    monkeypatch.setattr(pipeline_run, "run", lambda spec, out, **kwargs: specs.append(spec))
+    data = _color_folder(tmp_path / "images")
+    assert vqgen("run", "--data", data, "--out", tmp_path / "r", "--device", "cpu", *flags) == 0
+    spec = specs[0]  # the color default compiles its prior alone
+    assert (spec.vqvae_train.compile, spec.prior_train.compile, spec.decoder_train.compile) == (vqvae, prior, vqvae)
+    assert spec.vqvae_train.device == spec.prior_train.device == spec.decoder_train.device == "cpu"
 
 
 @pytest.mark.parametrize("trained", ["fp32", "bf16"])
