@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from vqgen.pipeline.run import Run
 
 BUDGET_FILE = "budget.json"
-MARGIN = 0.02          # of M held back for what the estimate leaves out (start-up, the trainer's setup
-                       # and checkpoints, reading held-out images: docs/performance.md)
+MARGIN = 0.03          # of M held back for what the estimate leaves out (start-up, the trainer's setup
+                       # and checkpoints, reading held-out images), set from the runs in docs/performance.md
 PRIOR_AT_LEAST = 0.1   # of M: fewer minutes than leave the prior this are refused
 PROBE_IMAGES = 64      # test images (grids) whose likelihood, judging (evaluation) is timed
 
