@@ -188,8 +188,8 @@ def _run(args: argparse.Namespace) -> None:
                                steps=steps_of(args.steps_of) if args.steps_of else None)
     # a flag of every stage sets it in each; one not given leaves each stage its preset's value (the color default
     # compiles its prior alone)
-    shared_values = {name: value for name, value in checked_overrides(args, TrainConfig).items()
-                     if name in fields_where(TrainConfig, shared=True)}
+    shared = fields_where(TrainConfig, shared=True)
+    shared_values = {name: value for name, value in checked_overrides(args, TrainConfig).items() if name in shared}
     with flags_named(SamplingOptions):
         spec = replace(
             spec, vqvae=config_from_args(args, spec.vqvae, prefix="vqvae-"),
