@@ -31,6 +31,7 @@ class TrainTask(Protocol):
     """What a stage gives the trainer."""
 
     model: nn.Module
+    stage: str       # what the progress bar, warnings and TensorBoard call this training
     items_name: str
 
     def train_data(self) -> torch.utils.data.Dataset: ...

@@ -173,16 +173,16 @@ class Trainer:
 
     def _fit(self) -> dict[str, Any]:
         self._resume()
-        kind: str = unwrap(self.model).kind  # type: ignore[assignment]
+        stage = self.task.stage
         model = self._wrap()
         first = self.step + 1
         model.train()
         evaluation: dict[str, float] = {}
         window = MetricsWindow(self.device)
         signals = StopSignals()
-        self.sink = open_sink(self.config.tensorboard if self.ctx.is_main else None, kind, self.step + 1)
+        self.sink = open_sink(self.config.tensorboard if self.ctx.is_main else None, stage, self.step + 1)
         steps = None if self.config.max_seconds and self.fixed_steps is None else self.config.steps  # unknown yet
-        bar = tqdm(total=steps, initial=self.step, disable=not self.progress, desc=f"train {kind}", dynamic_ncols=True)
+        bar = tqdm(total=steps, initial=self.step, disable=not self.progress, desc=f"train {stage}", dynamic_ncols=True)
         time_up = self._time_up(None)  # the budget a resumed run has already spent
         with signals.installed(), bar, self.sink:
             for batch in ([] if time_up else self._batches()):
@@ -211,7 +211,7 @@ class Trainer:
         if self.step < self.config.steps and not time_up:
             raise VQGenError("training ended early: the data loader ran dry")
         if time_up and self.step < self.config.steps and self.config.schedule == "cosine":
-            warnings.warn(f"the time budget (max_seconds={self.config.max_seconds:g}) stopped {kind} training at step "
+            warnings.warn(f"the time budget (max_seconds={self.config.max_seconds:g}) stopped {stage} training at step "
                           f"{self.step} of {self.config.steps}, before its cosine schedule decayed (learning rate "
                           f"{self.config.lr_at(self.step):.3g} of {self.config.lr:g}); give it the steps the budget "
                           "reaches, or the constant schedule", stacklevel=2)

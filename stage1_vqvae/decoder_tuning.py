@@ -63,6 +63,8 @@ class DecoderTask(VQVAETask):
     """The TrainTask of a tuning run: the decoder's loss on exported codes; evaluation and figures as the
     VQ-VAE's (held-out images through the whole model, so PSNR compares with its own)."""
 
+    stage = "decoder"
+
     def __init__(self, model: CodeDecoder, coded: CodedImages, held_out: BatchedImages, eval_images: int,
                  seed: int = 0) -> None:
         super().__init__(model, coded.images, held_out, eval_images, seed)

@@ -76,6 +76,7 @@ def reconstruction_loss(images: torch.Tensor, means: torch.Tensor,
 class VQVAETask:
     """The stage-one TrainTask: what one step computes and what an evaluation reports."""
 
+    stage = "vqvae"
     items_name = "images"
 
     def __init__(self, model: VQVAE, train: BatchedImages, held_out: BatchedImages, eval_images: int,

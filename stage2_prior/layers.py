@@ -1,7 +1,8 @@
 """Causal building blocks of the gated PixelCNN (van den Oord et al. 2016, arXiv 1606.05328, sec. 2.2).
 
-Causality is structural: each convolution is an ordinary one whose padding and cropping leave it
-only the past, never a mask applied to its weights, so any state dict is causal as saved.
+Causality is structural: each convolution is an ordinary one whose input is padded only above and to
+the left, which leaves it only the past, never a mask applied to its weights, so any state dict is
+causal as saved.
 
 - The vertical stack at row i sees rows <= i, every column within reach. It reaches the horizontal
   stack only shifted down one row, so position (i, j) hears rows < i from it.
@@ -35,40 +36,46 @@ def conv_matrix(conv: nn.Conv2d) -> torch.Tensor:
 
 def shift_down(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W): row i receives row i - 1 and row 0 zeros, so row i hears rows < i only."""
-    return F.pad(x, (0, 0, 1, 0))[:, :, : x.shape[2]]
+    return F.pad(x, (0, 0, 1, -1))  # one zero row above, the last row dropped
 
 
 class VerticalConv(nn.Conv2d):
     """A (kernel // 2 + 1) x kernel convolution whose row i sees input rows i - kernel // 2 .. i.
 
-    Padded by kernel // 2 on every side; the output rows that would see below are cropped.
+    Its input is zero-padded by `reach` = kernel // 2 rows above and columns on either side, never below, so the
+    output has the input's size as computed: cropping a padded output instead costs a copy forward and a
+    zero-filled gradient backward in every layer (docs/experiments.md, "Speed").
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int) -> None:
-        super().__init__(in_channels, out_channels, (kernel // 2 + 1, kernel), padding=kernel // 2)
+        super().__init__(in_channels, out_channels, (kernel // 2 + 1, kernel))
+        self.reach = kernel // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x)[:, :, : x.shape[2]]  # (B, O, H, W)
+        r = self.reach
+        return super().forward(F.pad(x, (r, r, r, 0)))  # (B, O, H, W)
 
 
 class HorizontalConv(nn.Conv2d):
     """A 1 x (kernel // 2 + 1) convolution whose column j sees columns <= j, or < j for mask A.
 
-    Padded on both sides (one column more for mask A); the columns that would see the right are cropped.
+    Its input is zero-padded by `offset` columns on the left (one more for mask A, which drops the last column
+    instead), so the output has the input's width as computed, uncropped (see `VerticalConv`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, sees_current: bool) -> None:
         width = kernel // 2 + 1
-        super().__init__(in_channels, out_channels, (1, width), padding=(0, width - 1 if sees_current else width))
+        super().__init__(in_channels, out_channels, (1, width))
+        self.offset = width - 1 if sees_current else width  # zero columns before column 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x)[..., : x.shape[3]]  # (B, O, H, W)
+        return super().forward(F.pad(x, (self.offset, self.kernel_size[1] - 1 - self.offset)))  # (B, O, H, W)
 
 
 class BlockOutput(NamedTuple):
     vertical: torch.Tensor | None    # (B, C, H, W); None from the last layer, which feeds no layer
     horizontal: torch.Tensor | None  # (B, C, H, W); None from the last layer
-    skip: torch.Tensor | None        # (B, S, H, W); None from a layer without a skip connection
+    gated: torch.Tensor | None       # (B, C, H, W), the input of the layer's skip map; None from a layer without one
 
 
 class GatedBlock(nn.Module):
@@ -78,7 +85,8 @@ class GatedBlock(nn.Module):
     horizontal stack through a 1x1 convolution (`link`); the horizontal stack keeps a residual
     connection (except in the first layer, whose input is the code at the current position) and
     sends a skip connection to the head (`skip_channels` 0: none; the last layer always does, it is the
-    head's input). A class label adds a learned bias before both gates (eq. 4).
+    head's input). The layer holds its skip map but returns the map's input: the model applies the maps of all
+    layers as one product (`GatedPixelCNN.skip_map`). A class label adds a learned bias before both gates (eq. 4).
     Dropout (training only) acts on the gated horizontal features, before the residual and skip maps.
 
     The last layer feeds only the head: it has no residual map and computes no stack outputs, so
@@ -125,13 +133,13 @@ class GatedBlock(nn.Module):
         if biases is not None:  # in the convolutions' dtype: an fp32 bias would lift bf16 gates to fp32
             h_pre = h_pre + biases[1].to(h_pre.dtype)[:, :, None, None]
         gated = self.dropout(gate(h_pre))  # (B, C, H, W)
-        skip = None if self.skip is None else self.skip(gated)
+        to_skip = None if self.skip is None else gated
         if self.residual is None:
-            return BlockOutput(None, None, skip)
+            return BlockOutput(None, None, to_skip)
         if biases is not None:
             v_pre = v_pre + biases[0].to(v_pre.dtype)[:, :, None, None]
         h_out = self.residual(gated) if self.first else h + self.residual(gated)
-        return BlockOutput(gate(v_pre), h_out, skip)
+        return BlockOutput(gate(v_pre), h_out, to_skip)
 
     def incremental(self, batch: int, grid: tuple[int, int], labels: torch.Tensor | None) -> BlockCache:
         """This layer for sampling one position at a time over a (batch, *grid) grid, in eval mode (no
@@ -153,8 +161,8 @@ class BlockCache:
     def __init__(self, block: GatedBlock, batch: int, grid: tuple[int, int], labels: torch.Tensor | None) -> None:
         (height, width), channels, weight = grid, block.vertical.in_channels, block.vertical.weight
         self.block = block
-        self.rows, self.pad = block.vertical.kernel_size[0], block.vertical.padding[1]  # row i sees rows - 1 above
-        self.cols, self.offset = block.horizontal.kernel_size[1], block.horizontal.padding[1]  # offset: column 0
+        self.rows, self.pad = block.vertical.kernel_size[0], block.vertical.reach  # row i sees rows - 1 above
+        self.cols, self.offset = block.horizontal.kernel_size[1], block.horizontal.offset  # offset: column 0
         self.v_in = weight.new_zeros(batch, channels, height + self.rows - 1, width + 2 * self.pad)  # zero-padded
         self.h_in = weight.new_zeros(batch, width + self.offset, channels)  # (B, W + offset, C)
         self.h_weight = conv_matrix(block.horizontal)  # (cols * C, 2C)

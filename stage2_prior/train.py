@@ -72,6 +72,7 @@ class PriorTask:
     held-out likelihood is always measured with the true labels.
     """
 
+    stage = "prior"
     items_name = "grids"
 
     def __init__(self, model: GatedPixelCNN, train: LatentDataset, held_out: LatentDataset,

@@ -176,6 +176,7 @@ def quarter_turns(config: JudgeConfig, targets: torch.Tensor) -> torch.Tensor:
 class JudgeTask:
     """The TrainTask of the judge: cross-entropy on classes, or on rotations drawn per image."""
 
+    stage = "judge"
     items_name = "images"
 
     def __init__(self, model: Judge, train: BatchedImages, test: BatchedImages) -> None:

@@ -67,6 +67,7 @@ class Rows(Dataset):
 class DrawingTask:
     """Records, per step, the numbers torch.rand draws inside `step` and the rows of the batch."""
 
+    stage = "toy"
     items_name = "rows"
 
     def __init__(self) -> None:

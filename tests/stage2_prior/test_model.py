@@ -227,8 +227,8 @@ def test_under_bf16_autocast_class_biases_keep_the_gates_in_bf16() -> None:
     model = GatedPixelCNN(PriorConfig.tiny(num_classes=3))
     seen: list[torch.dtype] = []
     for layer in model.layers[:2]:
-        for conv in (layer.residual, layer.skip):
-            conv.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].dtype))
+        layer.residual.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].dtype))
+        layer.register_forward_hook(lambda module, inputs, output: seen.append(output.gated.dtype))  # to the skips
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(torch.randint(0, 16, (2, 7, 7)), torch.tensor([0, 2]))
     assert seen == [torch.bfloat16] * 4
