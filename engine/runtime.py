@@ -7,13 +7,16 @@ import os
 import platform
 import random
 import subprocess
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
 
 from vqgen.engine.errors import UsageError
+
+T = TypeVar("T")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -51,6 +54,20 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     """Autocast to a resolved precision ("fp32": none)."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def first_call(model: torch.nn.Module, call: Callable[[torch.nn.Module], T], compile: bool) -> tuple[torch.nn.Module, T]:
+    """`call(model)` through torch.compile(model) when `compile`, else on `model`: the module later calls should
+    use, and the first call's result. torch.compile fails lazily, at the first call, so a failure falls back to
+    `model` there, with a warning. The trainer's first step and the run budget's timed step both go through here,
+    so a budget plans the step that will run."""
+    if compile:
+        try:
+            compiled = torch.compile(model)
+            return compiled, call(compiled)
+        except Exception as err:  # noqa: BLE001 - any backend failure falls back to eager
+            warnings.warn(f"torch.compile cannot work here ({type(err).__name__}: {err}); training without it")
+    return model, call(model)
 
 
 def seed_everything(seed: int) -> None:

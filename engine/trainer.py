@@ -31,7 +31,7 @@ from vqgen.engine.files import remove_torn_writes
 from vqgen.engine.grids import save_grid
 from vqgen.engine.locks import directory_lock
 from vqgen.engine.metrics_log import METRICS_FILE, MetricsLog, MetricsWindow
-from vqgen.engine.runtime import autocast, resolve_precision
+from vqgen.engine.runtime import autocast, first_call, resolve_precision
 from vqgen.engine.signals import Interrupted, StopSignals
 from vqgen.engine.tensorboard import Sink, open_sink
 from vqgen.engine.train_config import TrainConfig
@@ -132,14 +132,8 @@ class Trainer:
             return self.task.step(model, batch, self.device)
 
     def _first_step(self, model: nn.Module, batch: Any) -> tuple[nn.Module, StepResult]:
-        """Compile on request; torch.compile fails lazily, at the first call, so fall back there."""
-        if self.config.compile:
-            try:
-                compiled = torch.compile(model)
-                return compiled, self._step(compiled, batch)
-            except Exception as err:  # noqa: BLE001 - any backend failure falls back to eager
-                warnings.warn(f"torch.compile cannot work here ({type(err).__name__}: {err}); training without it")
-        return model, self._step(model, batch)
+        """Compile on request (`first_call`, which falls back to eager where compiling fails)."""
+        return first_call(model, lambda m: self._step(m, batch), self.config.compile)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.precision, self.device)

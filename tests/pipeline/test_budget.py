@@ -140,3 +140,33 @@ def test_a_tuned_decoder_takes_its_share_of_the_minutes(tmp_path: Path, folder: 
     after = 4 * GRID_S + 16 * IMAGE_S
     assert report["budget"]["spent_before_prior_s"] == pytest.approx(9 + 4 + 2 * EXPORT_S + after + EVAL_S + 2)
     assert abs(clock.now - 60 * (1 - budget.MARGIN)) <= 1.0
+
+
+def test_a_compiled_prior_is_planned_at_its_compiled_step(tmp_path: Path, folder: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget times the prior's step as the trainer will run it: through torch.compile when the prior compiles
+    (here a stand-in whose steps take half the eager second), so a faster step is planned to reach its evaluations."""
+    clock = RunClock(monkeypatch)
+
+    class Compiled(torch.nn.Module):  # what torch.compile returns: the module under `_orig_mod`
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self._orig_mod = model
+
+        def forward(self, *args: object, **kwargs: object) -> object:
+            return self._orig_mod(*args, **kwargs)
+
+    class HalfStepCompiled(prior_train.PriorTask):  # in place of the clock's PlannedTask
+        def step(self, model: torch.nn.Module, *args: object, **kwargs: object) -> object:
+            result = super().step(model, *args, **kwargs)
+            clock.now += 0.5 if isinstance(model, Compiled) else 1.0
+            return result
+
+    monkeypatch.setattr(torch, "compile", Compiled)
+    monkeypatch.setattr(budget, "PriorTask", HalfStepCompiled)
+    plans = []
+    for compile_flag in ("--no-compile", "--compile"):
+        out = tmp_path / compile_flag
+        assert vqgen("run", "--data", folder, "--out", out, "--minutes", "1", *TINY, compile_flag) == 0
+        plans.append(json.loads((out / "report.json").read_text())["budget"]["prior_step_s"])
+    assert plans == [1.0, 0.5]
